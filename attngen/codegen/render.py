@@ -1,0 +1,151 @@
+"""Render a KernelIR into a Triton module through the Jinja2 templates.
+
+This module decides only what the template needs to know: which expressions are computed
+once per query tile (hoisted out of the KV loop: anything that does not read ``kv_idx`` or
+``qk``) and which per KV tile, which tensors each kernel reads, and the code of each
+expression (``printer.TritonPrinter``). The loop structure lives in the template.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jinja2
+import sympy
+
+from .. import __version__
+from .._resources import template_dir
+from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SM_SCALE
+from ..ir.kernel import BAND, TILES, KernelIR
+from .printer import TritonPrinter
+
+TEMPLATE = "attention_fwd.py.j2"
+
+# Names of the IR's symbols inside the generated kernels.
+KERNEL_NAMES = {QK: "qk", QK_SCALE: "qk_scale", SM_SCALE: "sm_scale", B: "off_b", H: "off_h",
+                Q_IDX: "q_idx", KV_IDX: "kv_idx", LQ: "Lq", LKV: "Lkv"}
+# Host-side names, for band bounds computed before the launch.
+HOST_NAMES = {LQ: "Lq", LKV: "Lkv"}
+PER_KV_TILE = {KV_IDX, QK}
+
+
+@dataclass(frozen=True)
+class TensorArgs:
+    name: str
+    ndim: int
+
+    @property
+    def params(self) -> str:
+        return ", ".join([f"{self.name}_ptr"] + [f"{self.name}_stride{d}" for d in range(self.ndim)])
+
+    @property
+    def flag(self) -> str:
+        return f"{self.name.upper()}_AS_F32"
+
+
+@dataclass(frozen=True)
+class Statement:
+    var: str
+    code: str
+
+
+def _reads(exprs: list[sympy.Basic]) -> list[str]:
+    return sorted({str(r.base.label) for e in exprs for r in e.atoms(sympy.Indexed)})
+
+
+def _hoist_reads(ir: KernelIR) -> tuple[list[tuple[sympy.Symbol, sympy.Basic]], dict, sympy.Basic, sympy.Basic]:
+    """Give every tensor read that does not depend on the KV position a per-row temporary."""
+    exprs = [e for _, e in ir.temps] + [ir.score_log2] + ([ir.tile_pred] if ir.tile_pred is not None else [])
+    reads = sorted({r for e in exprs for r in e.atoms(sympy.Indexed) if not r.free_symbols & PER_KV_TILE},
+                   key=sympy.default_sort_key)
+    subs = {r: sympy.Symbol(f"row{i}", real=True) for i, r in enumerate(reads)}
+    hoisted = [(s, r) for r, s in subs.items()]
+    temps = [(s, e.xreplace(subs)) for s, e in ir.temps]
+    score = ir.score_log2.xreplace(subs)
+    pred = ir.tile_pred.xreplace(subs) if ir.tile_pred is not None else None
+    return hoisted + temps, {}, score, pred
+
+
+def _split_by_loop(defs: list[tuple[sympy.Symbol, sympy.Basic]]):
+    """Partition temporaries into per-query-tile (hoisted) and per-KV-tile ones."""
+    per_tile: set[sympy.Symbol] = set()
+    row, tile = [], []
+    for sym, expr in defs:
+        if expr.free_symbols & (PER_KV_TILE | per_tile):
+            per_tile.add(sym)
+            tile.append((sym, expr))
+        else:
+            row.append((sym, expr))
+    return row, tile
+
+
+def _needed(defs: list[tuple[sympy.Symbol, sympy.Basic]], roots: list[sympy.Basic]) -> list:
+    need = set().union(*(r.free_symbols for r in roots)) if roots else set()
+    out = []
+    for sym, expr in reversed(defs):
+        if sym in need:
+            need |= expr.free_symbols
+            out.append((sym, expr))
+    return list(reversed(out))
+
+
+def build_context(ir: KernelIR, ir_text: str) -> dict:
+    """Everything the template needs, as plain strings and flags."""
+    defs, _, score, pred = _hoist_reads(ir)
+    row_defs, tile_defs = _split_by_loop(defs)
+    names = dict(KERNEL_NAMES)
+    names.update({s: str(s) for s, _ in defs})
+    printer = TritonPrinter(names)
+
+    def stmts(items):
+        return [Statement(str(s), printer.code(e)) for s, e in items]
+
+    tensors = {p.name: TensorArgs(p.name, p.ndim) for p in ir.tensors}
+    fwd_row = _needed(row_defs, [score] + [e for _, e in tile_defs] + ([pred] if pred is not None else []))
+    fwd_tile = _needed(tile_defs, [score] + ([pred] if pred is not None else []))
+    ctx = {
+        "version": __version__,
+        "name": ir.name,
+        "ir_lines": ir_text.rstrip("\n").splitlines(),
+        "strategy": ir.strategy,
+        "row_stmts": stmts(fwd_row),
+        "row_vars": [str(s) for s, _ in fwd_row],
+        "tile_stmts": stmts(fwd_tile),
+        "score_code": printer.code(score),
+        "mask_code": printer.code(pred) if pred is not None else None,
+        "fwd_tensors": [tensors[n] for n in _reads([e for _, e in fwd_row + fwd_tile] + [score]
+                                                        + ([pred] if pred is not None else []))],
+        "tile_tensors": [tensors[n] for n in _reads([e for _, e in fwd_tile] + [score]
+                                                         + ([pred] if pred is not None else []))],
+        "band_lo": None, "band_hi": None,
+        "tile_depends_b": "b" in ir.tile_depends, "tile_depends_h": "h" in ir.tile_depends,
+    }
+    if ir.strategy == BAND:
+        host = TritonPrinter(HOST_NAMES)
+        ctx["band_lo"] = host.code(ir.band.lo) if ir.band.lo is not None else None
+        ctx["band_hi"] = host.code(ir.band.hi) if ir.band.hi is not None else None
+    if ir.strategy == TILES:
+        cls_row = _needed(row_defs, [pred] + [e for _, e in tile_defs if e in [x for _, x in _needed(tile_defs, [pred])]])
+        cls_tile = _needed(tile_defs, [pred])
+        cls_row = _needed(row_defs, [pred] + [e for _, e in cls_tile])
+        ctx["cls_row_stmts"] = stmts(cls_row)
+        ctx["cls_tile_stmts"] = stmts(cls_tile)
+        ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
+    ctx["helpers"] = sorted(printer.helpers)
+    ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors"))
+    return ctx
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+                              autoescape=False)
+
+
+def render(ir: KernelIR) -> str:
+    """The Triton module for ``ir`` (deterministic: same IR, same bytes)."""
+    return _environment().get_template(TEMPLATE).render(**build_context(ir, ir.to_text()))
+
+
+def template_sources() -> str:
+    """All template text, for the cache key: a template change invalidates every kernel."""
+    return "\n".join(p.read_text() for p in sorted(template_dir().glob("*.j2")))

@@ -1,0 +1,68 @@
+"""``ag.compile``: lower a Variant, look its kernel up in the disk cache, load it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import triton
+
+from . import __version__
+from .codegen.render import render, template_sources
+from .ir.kernel import KernelIR
+from .ir.nodes import Variant
+from .passes import lower
+from .runtime.attention import CompiledAttention
+from .runtime.cache import cache_key, get_or_build
+
+_TEMPLATES: str | None = None
+
+
+def target() -> str:
+    """What the kernels are built for; part of the cache key."""
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"cuda-sm{major}{minor}"
+    return "interpreter"
+
+
+def kernel_key(ir_text: str) -> str:
+    global _TEMPLATES
+    if _TEMPLATES is None:
+        _TEMPLATES = template_sources()
+    return cache_key(ir_text, _TEMPLATES, __version__, triton.__version__, target())
+
+
+def compile(variant: Variant, *, after_each_pass: Callable[[str, KernelIR], None] | None = None,
+            rebuild: bool = False) -> CompiledAttention:  # noqa: A001 - the public name is ag.compile
+    """Compile ``variant`` to a forward attention kernel (cached on disk; no GPU needed).
+
+    ``after_each_pass(name, ir)`` observes the IR after every pass (``--print-after-all``);
+    ``rebuild=True`` regenerates the module even when the cache has it.
+    """
+    if not isinstance(variant, Variant):
+        raise TypeError(f"compile: expected an ag.Variant, got {type(variant).__name__}")
+    ir = lower(variant, after_each_pass)
+    ir_text = ir.to_text()
+    key = kernel_key(ir_text)
+    entry = get_or_build(key, lambda: (render(ir), ir_text), force=rebuild)
+    return CompiledAttention(variant, ir, entry.module_path, key, from_cache=not entry.built)
+
+
+def load_compiled(module_path: str | Path, variant: Variant) -> CompiledAttention:
+    """Use an already generated module file (as ``attngen compile -o DIR`` writes) for ``variant``.
+
+    The module's embedded IR must match what ``variant`` lowers to, so a stale file is
+    refused instead of silently computing something else.
+    """
+    module_path = Path(module_path)
+    ir = lower(variant)
+    expected = render(ir)
+    try:
+        found = module_path.read_text()
+    except OSError as exc:
+        raise FileNotFoundError(f"load_compiled: cannot read '{module_path}': {exc.strerror}") from None
+    if found != expected:
+        raise ValueError(f"load_compiled: '{module_path}' was not generated from this variant by this "
+                         f"attngen version ({__version__}); regenerate it with `attngen compile`")
+    return CompiledAttention(variant, ir, module_path, kernel_key(ir.to_text()), from_cache=True)

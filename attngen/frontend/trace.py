@@ -1,0 +1,381 @@
+"""Symbolic tracing of FlexAttention-style score_mod and mask_mod functions.
+
+The user's function is called once with stand-ins (``Sym``) for score, b, h, q_idx and
+kv_idx, and with ``TensorProxy`` objects for its named runtime tensors. Python operators on
+stand-ins build sympy expressions; ``torch.*`` calls reach ``Sym.__torch_function__``, which
+maps the supported ones to sympy and names the first unsupported one in a ``TraceError``.
+Real tensors captured by closure are recognised when they are indexed by stand-ins and
+become ``captured`` tensor parameters, read by reference at every call.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+import sympy
+import torch
+
+from ..ir.expr import B, FloorDiv, is_boolean, H, KV_IDX, Q_IDX, SCORE, check_tensor_name, tensor_read
+from ..ir.nodes import Mask, MaskMod, ScoreMod
+
+
+class TraceError(TypeError):
+    """A score_mod or mask_mod did something attngen cannot trace."""
+
+
+class _Context:
+    """What one trace knows: the function's name and the tensors it may capture."""
+
+    def __init__(self, fn: Callable, kind: str, name: str) -> None:
+        self.fn, self.kind, self.name = fn, kind, name
+        self.captured: dict[str, torch.Tensor] = {}
+        self._names: dict[int, str] = {}
+        try:
+            cv = inspect.getclosurevars(fn)
+            scopes = [cv.nonlocals, cv.globals]
+        except (TypeError, ValueError):
+            scopes = []
+        for scope in scopes:
+            for var, val in scope.items():
+                if isinstance(val, torch.Tensor):
+                    self._names.setdefault(id(val), var)
+
+    def fail(self, what: str) -> TraceError:
+        return TraceError(f"{self.kind} '{self.name}': {what}")
+
+    def capture(self, tensor: torch.Tensor) -> str:
+        name = self._names.get(id(tensor))
+        if name is None:
+            name = f"captured{len(self.captured)}"
+            self._names[id(tensor)] = name
+        try:
+            check_tensor_name(name)
+        except ValueError:
+            name = f"captured_{name.lstrip('_')}" if name.lstrip("_") else f"captured{len(self.captured)}"
+        self.captured[name] = tensor
+        return name
+
+
+def _to_sympy(x: Any, ctx: _Context, what: str) -> sympy.Basic:
+    if isinstance(x, Sym):
+        return x.expr
+    if isinstance(x, bool):
+        return sympy.true if x else sympy.false
+    if isinstance(x, int):
+        return sympy.Integer(x)
+    if isinstance(x, float):
+        if math.isnan(x):
+            raise ctx.fail(f"{what}: NaN constants are not supported")
+        if math.isinf(x):
+            return sympy.oo if x > 0 else -sympy.oo
+        return sympy.Float(x)
+    if isinstance(x, torch.Tensor):
+        raise ctx.fail(f"{what}: a tensor is used as a value; index it with b, h, q_idx or kv_idx "
+                       "(e.g. bias[h]) so it is read at run time")
+    if isinstance(x, TensorProxy):
+        raise ctx.fail(f"{what}: runtime tensor '{x.name}' is used without indexing it")
+    raise ctx.fail(f"{what}: unsupported value of type {type(x).__name__}")
+
+
+def _arith(e: sympy.Basic) -> sympy.Basic:
+    """Booleans used in arithmetic count as 0/1, like torch's bool tensors."""
+    if is_boolean(e):
+        return sympy.Piecewise((sympy.Integer(1), e), (sympy.Integer(0), True))
+    return e
+
+
+def _boolean(e: sympy.Basic, ctx: _Context, op: str) -> sympy.Basic:
+    if is_boolean(e):
+        return e
+    raise ctx.fail(f"'{op}' is only supported on boolean values (comparisons), not on {e}")
+
+
+def _ctx_of(args: tuple) -> _Context:
+    for a in args:
+        if isinstance(a, (Sym, TensorProxy)):
+            return a.ctx
+        if isinstance(a, (tuple, list)):
+            for b in a:
+                if isinstance(b, (Sym, TensorProxy)):
+                    return b.ctx
+    raise RuntimeError("no traced value among the arguments")
+
+
+def _unary(fn: Callable[[sympy.Basic], sympy.Basic]) -> Callable:
+    return lambda ctx, name, x: fn(_arith(_to_sympy(x, ctx, name)))
+
+
+def _where(ctx: _Context, name: str, cond, a=None, b=None):
+    if a is None or b is None:
+        raise ctx.fail("torch.where needs three arguments (condition, input, other)")
+    c = _boolean(_to_sympy(cond, ctx, name), ctx, name)
+    return sympy.Piecewise((_arith(_to_sympy(a, ctx, name)), c), (_arith(_to_sympy(b, ctx, name)), True))
+
+
+def _clamp(ctx: _Context, name: str, x, min=None, max=None):  # noqa: A002 - torch's names
+    e = _arith(_to_sympy(x, ctx, name))
+    if min is not None:
+        e = sympy.Max(e, _to_sympy(min, ctx, name))
+    if max is not None:
+        e = sympy.Min(e, _to_sympy(max, ctx, name))
+    return e
+
+
+def _binary(fn: Callable) -> Callable:
+    return lambda ctx, name, a, b: fn(_arith(_to_sympy(a, ctx, name)), _arith(_to_sympy(b, ctx, name)))
+
+
+_TORCH_OPS: dict[Any, Callable] = {
+    torch.exp: _unary(sympy.exp),
+    torch.exp2: _unary(lambda x: sympy.Integer(2) ** x),
+    torch.log: _unary(sympy.log),
+    torch.log2: _unary(lambda x: sympy.log(x) / sympy.log(2)),
+    torch.tanh: _unary(sympy.tanh),
+    torch.sigmoid: _unary(lambda x: 1 / (1 + sympy.exp(-x))),
+    torch.sin: _unary(sympy.sin),
+    torch.cos: _unary(sympy.cos),
+    torch.tan: _unary(sympy.tan),
+    torch.sqrt: _unary(sympy.sqrt),
+    torch.rsqrt: _unary(lambda x: 1 / sympy.sqrt(x)),
+    torch.abs: _unary(sympy.Abs),
+    torch.neg: _unary(lambda x: -x),
+    torch.minimum: _binary(sympy.Min),
+    torch.maximum: _binary(sympy.Max),
+    torch.clamp: _clamp,
+    torch.where: _where,
+}
+for _method, _fn in [("exp", torch.exp), ("exp2", torch.exp2), ("log", torch.log), ("tanh", torch.tanh),
+                     ("sigmoid", torch.sigmoid), ("sin", torch.sin), ("cos", torch.cos), ("tan", torch.tan),
+                     ("sqrt", torch.sqrt), ("abs", torch.abs), ("clamp", torch.clamp), ("neg", torch.neg)]:
+    _TORCH_OPS[getattr(torch.Tensor, _method)] = _TORCH_OPS[_fn]
+
+
+def _read(ctx: _Context, base: str, key: Any, ndim: int | None) -> "Sym":
+    idx = key if isinstance(key, tuple) else (key,)
+    parts = []
+    for i, k in enumerate(idx):
+        if isinstance(k, (slice, type(None), type(Ellipsis))) or isinstance(k, torch.Tensor):
+            raise ctx.fail(f"indexing '{base}' with {k!r}: only integer index expressions are supported")
+        e = _to_sympy(k, ctx, f"index {i} of '{base}'")
+        if is_boolean(e) or e.is_integer is False:
+            raise ctx.fail(f"index {i} of '{base}' is not an integer expression: {e}")
+        parts.append(e)
+    if ndim is not None and len(parts) != ndim:
+        raise ctx.fail(f"tensor '{base}' has {ndim} dimensions but is indexed with {len(parts)} indices; "
+                       "a read must select a single element")
+    return Sym(tensor_read(base, tuple(parts)), ctx)
+
+
+class TensorProxy:
+    """Stand-in for a named runtime tensor parameter of a score_mod or mask_mod."""
+
+    def __init__(self, name: str, ctx: _Context) -> None:
+        self.name, self.ctx = name, ctx
+
+    def __getitem__(self, key: Any) -> "Sym":
+        return _read(self.ctx, self.name, key, None)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        ctx = _ctx_of(args)
+        raise ctx.fail(f"{getattr(func, '__name__', func)} on runtime tensor: index it first (t[h])")
+
+
+class Sym:
+    """A traced value: wraps a sympy expression and records operations on it."""
+
+    __slots__ = ("expr", "ctx")
+
+    def __init__(self, expr: sympy.Basic, ctx: _Context) -> None:
+        self.expr, self.ctx = expr, ctx
+
+    # -- helpers
+    def _lift(self, other: Any, op: str) -> sympy.Basic:
+        return _to_sympy(other, self.ctx, f"operand of '{op}'")
+
+    def _num(self, op: str, fn: Callable, other: Any, reverse: bool = False) -> "Sym":
+        a, b = _arith(self.expr), _arith(self._lift(other, op))
+        return Sym(fn(b, a) if reverse else fn(a, b), self.ctx)
+
+    # -- arithmetic
+    def __add__(self, o): return self._num("+", lambda a, b: a + b, o)
+    def __radd__(self, o): return self._num("+", lambda a, b: a + b, o, True)
+    def __sub__(self, o): return self._num("-", lambda a, b: a - b, o)
+    def __rsub__(self, o): return self._num("-", lambda a, b: a - b, o, True)
+    def __mul__(self, o): return self._num("*", lambda a, b: a * b, o)
+    def __rmul__(self, o): return self._num("*", lambda a, b: a * b, o, True)
+    def __truediv__(self, o): return self._num("/", lambda a, b: a / b, o)
+    def __rtruediv__(self, o): return self._num("/", lambda a, b: a / b, o, True)
+    def __floordiv__(self, o): return self._num("//", FloorDiv, o)
+    def __rfloordiv__(self, o): return self._num("//", FloorDiv, o, True)
+    def __mod__(self, o): return self._num("%", sympy.Mod, o)
+    def __rmod__(self, o): return self._num("%", sympy.Mod, o, True)
+    def __pow__(self, o): return self._num("**", lambda a, b: a ** b, o)
+    def __rpow__(self, o): return self._num("**", lambda a, b: a ** b, o, True)
+    def __neg__(self): return Sym(-_arith(self.expr), self.ctx)
+    def __pos__(self): return self
+    def __abs__(self): return Sym(sympy.Abs(_arith(self.expr)), self.ctx)
+
+    # -- comparisons
+    def _cmp(self, op: str, fn: Callable, o: Any) -> "Sym":
+        return Sym(fn(_arith(self.expr), _arith(self._lift(o, op))), self.ctx)
+
+    def __lt__(self, o): return self._cmp("<", sympy.Lt, o)
+    def __le__(self, o): return self._cmp("<=", sympy.Le, o)
+    def __gt__(self, o): return self._cmp(">", sympy.Gt, o)
+    def __ge__(self, o): return self._cmp(">=", sympy.Ge, o)
+    def __eq__(self, o): return self._cmp("==", sympy.Eq, o)  # type: ignore[override]
+    def __ne__(self, o): return self._cmp("!=", sympy.Ne, o)  # type: ignore[override]
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- logic
+    def _logic(self, op: str, fn: Callable, o: Any, reverse: bool = False) -> "Sym":
+        a = _boolean(self.expr, self.ctx, op)
+        b = _boolean(self._lift(o, op), self.ctx, op)
+        return Sym(fn(b, a) if reverse else fn(a, b), self.ctx)
+
+    def __and__(self, o): return self._logic("&", sympy.And, o)
+    def __rand__(self, o): return self._logic("&", sympy.And, o, True)
+    def __or__(self, o): return self._logic("|", sympy.Or, o)
+    def __ror__(self, o): return self._logic("|", sympy.Or, o, True)
+    def __xor__(self, o): return self._logic("^", sympy.Xor, o)
+    def __invert__(self): return Sym(sympy.Not(_boolean(self.expr, self.ctx, "~")), self.ctx)
+
+    # -- what cannot be traced
+    def __bool__(self):
+        raise self.ctx.fail(
+            f"Python control flow on a traced value ({self.expr}): `if`, `and`, `or`, `not` and bool() "
+            "need concrete values; use torch.where, &, | and ~ instead")
+
+    def __index__(self):
+        raise self.ctx.fail(f"the traced value {self.expr} is used as a Python int (e.g. to index a list)")
+
+    def __int__(self):
+        raise self.ctx.fail(f"int() of the traced value {self.expr}")
+
+    def __float__(self):
+        raise self.ctx.fail(f"float() of the traced value {self.expr}")
+
+    def __getitem__(self, key):
+        raise self.ctx.fail(f"indexing the traced value {self.expr}")
+
+    def __iter__(self):
+        raise self.ctx.fail(f"iterating over the traced value {self.expr}")
+
+    # -- tensor-like methods a FlexAttention mod may call
+    def to(self, *args, **kwargs): return self
+    def float(self): return self
+    def exp(self): return Sym(sympy.exp(_arith(self.expr)), self.ctx)
+    def abs(self): return abs(self)
+    def tanh(self): return Sym(sympy.tanh(_arith(self.expr)), self.ctx)
+    def sigmoid(self): return Sym(_TORCH_OPS[torch.sigmoid](self.ctx, "sigmoid", self), self.ctx)
+    def clamp(self, min=None, max=None): return Sym(_clamp(self.ctx, "clamp", self, min, max), self.ctx)  # noqa: A002
+    def logical_and(self, o): return self & o
+    def logical_or(self, o): return self | o
+    def logical_not(self): return ~self
+
+    def __getattr__(self, name: str):
+        raise self.ctx.fail(f"'.{name}' on a traced value is not supported")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        ctx = _ctx_of(tuple(args) + tuple(kwargs.values()))
+        name = getattr(func, "__name__", repr(func))
+        if func is torch.Tensor.__getitem__:
+            tensor, key = args
+            return _read(ctx, ctx.capture(tensor), key, tensor.ndim)
+        op = _TORCH_OPS.get(func)
+        if op is None:
+            raise ctx.fail(f"unsupported operation torch.{name}; supported: arithmetic, comparisons, &, |, ~, "
+                           "abs, torch.where/exp/exp2/log/tanh/sigmoid/sin/cos/tan/sqrt/abs/minimum/maximum/clamp "
+                           "and indexing tensors with index expressions")
+        return Sym(op(ctx, name, *args, **kwargs), ctx)
+
+
+def _fn_name(fn: Callable) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return name if name.isidentifier() and name != "<lambda>" else "lambda"
+
+
+def _trace(fn: Callable, kind: str, fixed: tuple[sympy.Symbol, ...], name: str | None):
+    if not callable(fn):
+        raise TypeError(f"{kind} must be a function, got {type(fn).__name__}")
+    name = name or _fn_name(fn)
+    ctx = _Context(fn, kind, name)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise TraceError(f"{kind} '{name}': cannot read its signature ({exc})") from None
+    params = list(sig.parameters.values())
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        raise TraceError(f"{kind} '{name}': *args and **kwargs are not supported; name each runtime tensor")
+    if len(params) < len(fixed):
+        expected = ", ".join(s.name for s in fixed)
+        raise TraceError(f"{kind} '{name}' takes {len(params)} parameters; expected ({expected}, *tensors)")
+    args: list[Any] = [Sym(s, ctx) for s in fixed]
+    for p in params[len(fixed):]:
+        if isinstance(p.default, torch.Tensor):
+            args.append(p.default)
+            ctx._names.setdefault(id(p.default), p.name)
+            continue
+        try:
+            check_tensor_name(p.name)
+        except ValueError as exc:
+            raise TraceError(f"{kind} '{name}': runtime tensor parameter: {exc}") from None
+        args.append(TensorProxy(p.name, ctx))
+    try:
+        with torch.no_grad():
+            result = fn(*args)
+    except TraceError:
+        raise
+    except Exception as exc:  # the user's code failed on stand-ins: say where
+        raise TraceError(f"{kind} '{name}' failed while tracing: {type(exc).__name__}: {exc}") from exc
+    return _to_sympy(result, ctx, "return value"), ctx, name
+
+
+def trace_score_mod(fn: Callable, name: str | None = None) -> ScoreMod:
+    """Trace ``fn(score, b, h, q_idx, kv_idx, *tensors)`` into a ``ScoreMod``."""
+    expr, ctx, name = _trace(fn, "score_mod", (SCORE, B, H, Q_IDX, KV_IDX), name)
+    if is_boolean(expr):
+        raise TraceError(f"score_mod '{name}' returns a boolean ({expr}); did you mean @ag.mask_mod?")
+    return ScoreMod.build(expr, name, ctx.captured, fn)
+
+
+def trace_mask_mod(fn: Callable, name: str | None = None) -> MaskMod:
+    """Trace ``fn(b, h, q_idx, kv_idx, *tensors)`` into a ``MaskMod``."""
+    pred, ctx, name = _trace(fn, "mask_mod", (B, H, Q_IDX, KV_IDX), name)
+    if not is_boolean(pred):
+        raise TraceError(f"mask_mod '{name}' must return a boolean (a comparison), got {pred}")
+    return MaskMod.build(pred, name, ctx.captured, fn)
+
+
+def score_mod(fn: Callable | None = None, *, name: str | None = None):
+    """Decorator: ``@ag.score_mod`` turns ``fn(score, b, h, q_idx, kv_idx, *tensors)`` into IR."""
+    if fn is None:
+        return lambda f: trace_score_mod(f, name)
+    return trace_score_mod(fn, name)
+
+
+def mask_mod(fn: Callable | None = None, *, name: str | None = None):
+    """Decorator: ``@ag.mask_mod`` turns ``fn(b, h, q_idx, kv_idx, *tensors) -> bool`` into IR."""
+    if fn is None:
+        return lambda f: trace_mask_mod(f, name)
+    return trace_mask_mod(fn, name)
+
+
+def as_score_mod(obj: Any) -> ScoreMod:
+    if isinstance(obj, ScoreMod):
+        return obj
+    if callable(obj):
+        return trace_score_mod(obj)
+    raise TypeError(f"score must be a score_mod function, got {type(obj).__name__}")
+
+
+def as_mask(obj: Any, what: str = "mask") -> Mask:
+    if isinstance(obj, Mask):
+        return obj
+    if callable(obj):
+        return trace_mask_mod(obj)
+    raise TypeError(f"{what} must be a mask (ag.causal(), a mask_mod, ...), got {type(obj).__name__}")

@@ -1,0 +1,363 @@
+"""The variant IR: immutable, hashable dataclasses.
+
+A ``Variant`` is a score function, a mask tree and a normalization. Mask trees keep
+built-in geometry structured (``Causal``, ``SlidingWindow``, ``Document``) so passes can
+reason about it exactly; user predicates are ``MaskMod`` leaves holding a sympy boolean.
+Equality is structural: names of functions and variants are labels, not structure, and
+captured tensors compare by identity (the tensor object is read at every call).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import sympy
+
+from .expr import check_tensor_name, tensor_arities
+
+RUNTIME = "runtime"
+CAPTURED = "captured"
+
+
+@dataclass(frozen=True)
+class TensorParam:
+    """A tensor a score or mask function reads: ``name[i0, ..., i{ndim-1}]``.
+
+    ``source`` is ``runtime`` (passed by keyword at call time) or ``captured`` (closed over
+    by the user's Python function and read by reference at every call).
+    """
+
+    name: str
+    ndim: int
+    source: str = RUNTIME
+
+    def __post_init__(self) -> None:
+        check_tensor_name(self.name)
+        if self.source not in (RUNTIME, CAPTURED):
+            raise ValueError(f"tensor source must be 'runtime' or 'captured', got {self.source!r}")
+        if not isinstance(self.ndim, int) or self.ndim < 0:
+            raise ValueError(f"tensor '{self.name}': ndim must be a non-negative int")
+
+
+class _Identity:
+    """Wraps a captured tensor so that it compares and hashes by identity."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __repr__(self) -> str:
+        return f"<captured {type(self.obj).__name__} at {id(self.obj):#x}>"
+
+
+def _captures(mapping: Mapping[str, object] | None) -> tuple[tuple[str, _Identity], ...]:
+    return tuple(sorted((k, _Identity(v)) for k, v in (mapping or {}).items()))
+
+
+def _params_for(expr: sympy.Basic, captured: Mapping[str, object] | None) -> tuple[TensorParam, ...]:
+    captured = captured or {}
+    return tuple(
+        TensorParam(name, ndim, CAPTURED if name in captured else RUNTIME)
+        for name, ndim in sorted(tensor_arities(expr).items())
+    )
+
+
+# --------------------------------------------------------------------------- masks
+class Mask:
+    """Base of mask nodes; ``&``, ``|`` and ``~`` build trees."""
+
+    def __and__(self, other: "Mask") -> "Mask":
+        return AndMask(self, _as_mask(other, "&"))
+
+    def __rand__(self, other: "Mask") -> "Mask":
+        return AndMask(_as_mask(other, "&"), self)
+
+    def __or__(self, other: "Mask") -> "Mask":
+        return OrMask(self, _as_mask(other, "|"))
+
+    def __ror__(self, other: "Mask") -> "Mask":
+        return OrMask(_as_mask(other, "|"), self)
+
+    def __invert__(self) -> "Mask":
+        return NotMask(self)
+
+    def children(self) -> tuple["Mask", ...]:
+        return ()
+
+    def leaves(self) -> list["Mask"]:
+        kids = self.children()
+        return [self] if not kids else [leaf for k in kids for leaf in k.leaves()]
+
+    def tensors(self) -> tuple[TensorParam, ...]:
+        """Tensors read anywhere in this mask tree (leaves override this)."""
+        return mask_tensors(self)
+
+
+def _as_mask(other: object, op: str) -> Mask:
+    from ..frontend.trace import as_mask  # late: the frontend wraps plain callables
+
+    return as_mask(other, f"operand of '{op}'")
+
+
+@dataclass(frozen=True)
+class Causal(Mask):
+    """``j <= i`` (top-left) or ``j <= i + Lkv - Lq`` (bottom-right)."""
+
+    bottom_right: bool = False
+
+    def tensors(self) -> tuple[TensorParam, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class SlidingWindow(Mask):
+    """``i - left <= j <= i + right`` (flash-attn's window_size convention)."""
+
+    left: int
+    right: int = 0
+
+    def __post_init__(self) -> None:
+        for arg in ("left", "right"):
+            val = getattr(self, arg)
+            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                raise ValueError(f"sliding_window: {arg} must be a non-negative int, got {val!r}")
+
+    def tensors(self) -> tuple[TensorParam, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class Document(Mask):
+    """``document_ids[b, i] == document_ids[b, j]`` with runtime ``document_ids`` (B, L)."""
+
+    def tensors(self) -> tuple[TensorParam, ...]:
+        return (TensorParam("document_ids", 2),)
+
+
+@dataclass(frozen=True)
+class MaskMod(Mask):
+    """A traced user predicate over ``b, h, q_idx, kv_idx`` and tensor reads."""
+
+    pred: sympy.Basic
+    name: str = field(default="mask_mod", compare=False)
+    params: tuple[TensorParam, ...] = ()
+    captures: tuple = field(default=(), repr=False)
+    fn: object = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, pred: sympy.Basic, name: str, captured: Mapping[str, object] | None = None,
+              fn: object = None) -> "MaskMod":
+        pred = sympy.sympify(pred)
+        return cls(pred, name, _params_for(pred, captured), _captures(captured), fn)
+
+    def __call__(self, *args, **kwargs):
+        if self.fn is None:
+            raise TypeError(f"mask_mod '{self.name}' was loaded from text and has no Python body")
+        return self.fn(*args, **kwargs)
+
+    def tensors(self) -> tuple[TensorParam, ...]:
+        return self.params
+
+    @property
+    def captured(self) -> dict[str, object]:
+        return {k: v.obj for k, v in self.captures}
+
+
+@dataclass(frozen=True)
+class AndMask(Mask):
+    a: Mask
+    b: Mask
+
+    def children(self) -> tuple[Mask, ...]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True)
+class OrMask(Mask):
+    a: Mask
+    b: Mask
+
+    def children(self) -> tuple[Mask, ...]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True)
+class NotMask(Mask):
+    a: Mask
+
+    def children(self) -> tuple[Mask, ...]:
+        return (self.a,)
+
+
+def mask_tensors(mask: Mask | None) -> tuple[TensorParam, ...]:
+    if mask is None:
+        return ()
+    seen: dict[str, TensorParam] = {}
+    for leaf in mask.leaves():
+        for p in leaf.tensors():
+            seen.setdefault(p.name, p)
+    return tuple(seen[k] for k in sorted(seen))
+
+
+def mask_captures(mask: Mask | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for leaf in mask.leaves() if mask is not None else ():
+        if isinstance(leaf, MaskMod):
+            out.update(leaf.captured)
+    return out
+
+
+# --------------------------------------------------------------------------- normalizations
+@dataclass(frozen=True)
+class Softmax:
+    """``exp(s) / sum exp(s)`` over attended keys; ``sink`` adds ``exp(sinks[h])`` below."""
+
+    sink: bool = False
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """``sigmoid(s + bias)``, no row normalization; bias None means ``-ln(Lkv)``."""
+
+    bias: float | None = None
+
+
+@dataclass(frozen=True)
+class Linear:
+    """Linear attention ``phi(q) . phi(k)`` with optional per-head decay and normalizer."""
+
+    feature_map: str = "elu1"
+    decay: bool = False
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.feature_map not in ("identity", "elu1", "relu"):
+            raise ValueError(f"linear: feature_map must be identity, elu1 or relu, got {self.feature_map!r}")
+
+
+Norm = Softmax | Sigmoid | Linear
+
+
+# --------------------------------------------------------------------------- score
+@dataclass(frozen=True)
+class ScoreMod:
+    """A traced score function: ``expr`` over ``score, b, h, q_idx, kv_idx`` and tensor reads."""
+
+    expr: sympy.Basic
+    name: str = field(default="score_mod", compare=False)
+    params: tuple[TensorParam, ...] = ()
+    captures: tuple = field(default=(), repr=False)
+    fn: object = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, expr: sympy.Basic, name: str, captured: Mapping[str, object] | None = None,
+              fn: object = None) -> "ScoreMod":
+        expr = sympy.sympify(expr)
+        return cls(expr, name, _params_for(expr, captured), _captures(captured), fn)
+
+    def __call__(self, *args, **kwargs):
+        if self.fn is None:
+            raise TypeError(f"score_mod '{self.name}' was loaded from text and has no Python body")
+        return self.fn(*args, **kwargs)
+
+    @property
+    def captured(self) -> dict[str, object]:
+        return {k: v.obj for k, v in self.captures}
+
+
+# --------------------------------------------------------------------------- variant
+@dataclass(frozen=True)
+class Variant:
+    """One attention variant: score function, mask tree and normalization."""
+
+    score: ScoreMod | None = None
+    mask: Mask | None = None
+    norm: Norm = field(default_factory=Softmax)
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        from ..frontend.trace import as_mask, as_score_mod  # late: avoids an import cycle
+
+        if self.score is not None and not isinstance(self.score, ScoreMod):
+            object.__setattr__(self, "score", as_score_mod(self.score))
+        if self.mask is not None and not isinstance(self.mask, Mask):
+            object.__setattr__(self, "mask", as_mask(self.mask, "mask"))
+        if not isinstance(self.norm, (Softmax, Sigmoid, Linear)):
+            raise TypeError(f"norm must be ag.softmax(), ag.sigmoid() or ag.linear(), got {self.norm!r}")
+        if self.name is not None:
+            check_tensor_name(self.name, "variant")
+        self.tensors()  # raises on conflicting declarations
+
+    @property
+    def label(self) -> str:
+        """The variant's name, or a stable one derived from its structure."""
+        if self.name:
+            return self.name
+        from .text import variant_digest
+
+        return "variant_" + variant_digest(self)[:10]
+
+    def tensors(self) -> tuple[TensorParam, ...]:
+        """Every tensor the variant reads, by name (runtime and captured)."""
+        found: dict[str, TensorParam] = {}
+        groups = [self.score.params if self.score else (), mask_tensors(self.mask)]
+        if isinstance(self.norm, Softmax) and self.norm.sink:
+            groups.append((TensorParam("sinks", 1),))
+        if isinstance(self.norm, Linear) and self.norm.decay:
+            groups.append((TensorParam("decay_log", 1),))
+        for group in groups:
+            for p in group:
+                old = found.setdefault(p.name, p)
+                if old != p:
+                    raise ValueError(
+                        f"tensor '{p.name}' is declared twice in variant {self.name or ''}: "
+                        f"{old.ndim}-D {old.source} and {p.ndim}-D {p.source}")
+        return tuple(found[k] for k in sorted(found))
+
+    def captured(self) -> dict[str, object]:
+        """Captured tensors by name (bound to live objects)."""
+        out = dict(self.score.captured) if self.score else {}
+        out.update(mask_captures(self.mask))
+        return out
+
+    def runtime_tensors(self) -> tuple[TensorParam, ...]:
+        return tuple(p for p in self.tensors() if p.source == RUNTIME)
+
+    def with_captures(self, **tensors: object) -> "Variant":
+        """A copy whose captured tensors are bound to ``tensors`` (e.g. after ``ag.loads``)."""
+        declared = {p.name for p in self.tensors() if p.source == CAPTURED}
+        unknown = sorted(set(tensors) - declared)
+        if unknown:
+            raise TypeError(f"with_captures: {', '.join(unknown)} not captured by this variant "
+                            f"(captured: {', '.join(sorted(declared)) or 'none'})")
+
+        def rebind(node):
+            if isinstance(node, (ScoreMod, MaskMod)):
+                names = {p.name for p in node.params if p.source == CAPTURED}
+                caps = {k: v for k, v in node.captured.items()}
+                caps.update({k: v for k, v in tensors.items() if k in names})
+                return dataclasses.replace(node, captures=_captures(caps))
+            if isinstance(node, (AndMask, OrMask)):
+                return type(node)(rebind(node.a), rebind(node.b))
+            if isinstance(node, NotMask):
+                return NotMask(rebind(node.a))
+            return node
+
+        return dataclasses.replace(self, score=rebind(self.score) if self.score else None,
+                                   mask=rebind(self.mask) if self.mask else None)
+
+    def to_text(self) -> str:
+        from .text import variant_to_text
+
+        return variant_to_text(self)
+
+    def __str__(self) -> str:
+        return self.to_text()

@@ -1,0 +1,52 @@
+"""Pass: decide how each query tile finds its KV tiles (the mask classification).
+
+- no mask: ``dense``. Every KV tile is visited; only a ragged last tile needs mask code.
+- a single Band: ``band``. The kernel computes, per query tile and in closed form, the
+  range of KV tiles any row attends and the sub-range every row attends fully; full tiles
+  run without mask code, the band's edge tiles with it. Nothing is precomputed.
+- anything else (documents, opaque mask_mods, unions, complements): ``tiles``. A small
+  generated kernel classifies every (query tile, KV tile) pair as empty, full or partial at
+  run time and writes compact per-query-tile index lists; the attention kernel walks the
+  lists. The lists depend on (b, h) only where the predicate does, and are cached per shape
+  and per runtime-tensor identity and version.
+"""
+from __future__ import annotations
+
+import sympy
+
+from ..ir.expr import B, H, KV_IDX, Q_IDX, tensor_read
+from ..ir.kernel import BAND, DENSE, TILES, Band, KernelIR
+from ..ir.nodes import AndMask, Document, Mask, MaskMod, NotMask, OrMask
+from .pipeline import compiler_pass
+
+
+def mask_predicate(mask: Mask) -> sympy.Basic:
+    """The element-wise predicate of a mask tree (true = attend)."""
+    if isinstance(mask, Band):
+        return mask.predicate()
+    if isinstance(mask, Document):
+        return sympy.Eq(tensor_read("document_ids", (B, Q_IDX)), tensor_read("document_ids", (B, KV_IDX)))
+    if isinstance(mask, MaskMod):
+        return mask.pred
+    if isinstance(mask, AndMask):
+        return sympy.And(mask_predicate(mask.a), mask_predicate(mask.b))
+    if isinstance(mask, OrMask):
+        return sympy.Or(mask_predicate(mask.a), mask_predicate(mask.b))
+    if isinstance(mask, NotMask):
+        return sympy.Not(mask_predicate(mask.a))
+    raise TypeError(f"mask node {type(mask).__name__} has no element-wise predicate")
+
+
+@compiler_pass(requires=("geometry",), provides=("tile_plan",))
+def plan_mask_tiles(ir: KernelIR) -> KernelIR:
+    """Choose dense / closed-form band ranges / run-time tile lists for the mask."""
+    mask = ir.mask
+    if mask is None or (isinstance(mask, Band) and mask.lo is None and mask.hi is None):
+        return ir.replace(strategy=DENSE, mask=None)
+    if isinstance(mask, Band):
+        return ir.replace(strategy=BAND, band=mask, tile_pred=mask.predicate())
+    pred = mask_predicate(mask)
+    if pred == sympy.true:
+        return ir.replace(strategy=DENSE, mask=None)
+    depends = tuple(n for n, s in (("b", B), ("h", H)) if pred.has(s))
+    return ir.replace(strategy=TILES, tile_pred=pred, tile_depends=depends)

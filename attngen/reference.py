@@ -1,0 +1,177 @@
+"""``ag.reference``: the float64 oracle of SEMANTICS.md, by materializing the score matrix.
+
+It evaluates the Variant itself (not the lowered kernel IR), with torch over broadcast
+index grids, so that it shares no code with the passes or the code generator it checks.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable
+
+import sympy
+import torch
+
+from .ir.expr import B, FloorDiv, H, KV_IDX, LKV, LQ, Q_IDX, SCORE
+from .ir.nodes import (AndMask, Causal, Document, Linear, Mask, MaskMod, NotMask, OrMask, Sigmoid, SlidingWindow,
+                       Softmax, Variant)
+from .runtime.validate import check_qkv, check_runtime_tensors, check_scale
+
+
+@contextlib.contextmanager
+def _float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def evaluate(expr: sympy.Basic, env: dict, tensors: dict[str, torch.Tensor]):
+    """Evaluate an IR expression with torch; ``env`` maps symbols to tensors or numbers."""
+
+    def ev(e):
+        if e in env:
+            return env[e]
+        if e is sympy.true or e is sympy.false:
+            return bool(e)
+        if e == sympy.oo:
+            return math.inf
+        if e == -sympy.oo:
+            return -math.inf
+        if e.is_Integer:
+            return int(e)
+        if e.is_Number or (not e.free_symbols and not e.atoms(sympy.Indexed) and e.is_real):
+            return float(e)
+        if isinstance(e, sympy.Add):
+            out = ev(e.args[0])
+            for a in e.args[1:]:
+                out = out + ev(a)
+            return out
+        if isinstance(e, sympy.Mul):
+            out = ev(e.args[0])
+            for a in e.args[1:]:
+                out = out * ev(a)
+            return out
+        if isinstance(e, sympy.Pow):
+            base, exp = ev(e.base), ev(e.exp)
+            if not isinstance(base, torch.Tensor) and not isinstance(exp, torch.Tensor):
+                return float(base) ** exp
+            return torch.pow(torch.as_tensor(base, dtype=torch.float64), exp)
+        if isinstance(e, sympy.Indexed):
+            t = tensors[str(e.base.label)]
+            idx = torch.broadcast_tensors(*[torch.as_tensor(ev(i), dtype=torch.long, device=t.device)
+                                            for i in e.indices])
+            val = t[tuple(idx)]
+            return val.double() if val.is_floating_point() else val
+        if isinstance(e, FloorDiv):
+            a, b = ev(e.args[0]), ev(e.args[1])
+            return torch.div(torch.as_tensor(a), b, rounding_mode="floor")
+        if isinstance(e, sympy.Mod):
+            return torch.remainder(torch.as_tensor(ev(e.args[0])), ev(e.args[1]))
+        if isinstance(e, sympy.Piecewise):
+            out = ev(e.args[-1].expr)
+            for piece in reversed(e.args[:-1]):
+                out = torch.where(torch.as_tensor(ev(piece.cond)), torch.as_tensor(ev(piece.expr)),
+                                  torch.as_tensor(out))
+            return out
+        if isinstance(e, (sympy.Min, sympy.Max)):
+            fn = torch.minimum if isinstance(e, sympy.Min) else torch.maximum
+            out = torch.as_tensor(ev(e.args[0]))
+            for a in e.args[1:]:
+                out = fn(out, torch.as_tensor(ev(a)))
+            return out
+        rel = {sympy.Lt: torch.lt, sympy.Le: torch.le, sympy.Gt: torch.gt, sympy.Ge: torch.ge,
+               sympy.Eq: torch.eq, sympy.Ne: torch.ne}
+        if type(e) in rel:
+            return rel[type(e)](torch.as_tensor(ev(e.lhs)), torch.as_tensor(ev(e.rhs)))
+        logic = {sympy.And: torch.logical_and, sympy.Or: torch.logical_or, sympy.Xor: torch.logical_xor}
+        if type(e) in logic:
+            out = torch.as_tensor(ev(e.args[0]))
+            for a in e.args[1:]:
+                out = logic[type(e)](out, torch.as_tensor(ev(a)))
+            return out
+        if isinstance(e, sympy.Not):
+            return torch.logical_not(torch.as_tensor(ev(e.args[0])))
+        unary = {sympy.exp: torch.exp, sympy.log: torch.log, sympy.sin: torch.sin, sympy.cos: torch.cos,
+                 sympy.tan: torch.tan, sympy.tanh: torch.tanh, sympy.Abs: torch.abs, sympy.floor: torch.floor,
+                 sympy.ceiling: torch.ceil}
+        if type(e) in unary:
+            x = torch.as_tensor(ev(e.args[0]))
+            if type(e) not in (sympy.Abs, sympy.floor, sympy.ceiling):
+                x = x.double()
+            return unary[type(e)](x)
+        raise NotImplementedError(f"reference: cannot evaluate {type(e).__name__}: {e}")
+
+    with _float64_default():
+        return ev(expr)
+
+
+def mask_matrix(mask: Mask | None, env: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor | bool:
+    """The element-wise mask (true = attend), broadcastable to (B, H, Lq, Lkv)."""
+    if mask is None:
+        return True
+    i, j, lq, lkv = env[Q_IDX], env[KV_IDX], env[LQ], env[LKV]
+    if isinstance(mask, Causal):
+        return j <= i + ((lkv - lq) if mask.bottom_right else 0)
+    if isinstance(mask, SlidingWindow):
+        return (j >= i - mask.left) & (j <= i + mask.right)
+    if isinstance(mask, Document):
+        doc = tensors["document_ids"]
+        b = env[B]
+        return doc[b, i] == doc[b, j]
+    if isinstance(mask, MaskMod):
+        return torch.as_tensor(evaluate(mask.pred, env, tensors))
+    if isinstance(mask, AndMask):
+        return torch.as_tensor(mask_matrix(mask.a, env, tensors)) & torch.as_tensor(mask_matrix(mask.b, env, tensors))
+    if isinstance(mask, OrMask):
+        return torch.as_tensor(mask_matrix(mask.a, env, tensors)) | torch.as_tensor(mask_matrix(mask.b, env, tensors))
+    if isinstance(mask, NotMask):
+        return ~torch.as_tensor(mask_matrix(mask.a, env, tensors))
+    raise NotImplementedError(f"reference: mask node {type(mask).__name__} is not supported")
+
+
+def reference(variant: Variant) -> Callable:
+    """The float64 oracle for ``variant``: ``ref(q, k, v, scale=None, return_lse=False, **tensors)``.
+
+    Returns float64 tensors (out, and lse when asked) on q's device.
+    """
+    if not isinstance(variant, Variant):
+        raise TypeError(f"reference: expected an ag.Variant, got {type(variant).__name__}")
+
+    def run(q, k, v, *, scale=None, return_lse=False, **tensors):
+        p = check_qkv(q, k, v)
+        sm_scale = check_scale(scale, p.D)
+        bound = check_runtime_tensors(variant.tensors(), tensors, variant.captured(), p, variant.label)
+        dev = q.device
+        group = p.HQ // p.HKV
+        qd = q.detach().double()
+        kd = k.detach().double().repeat_interleave(group, dim=1)
+        vd = v.detach().double().repeat_interleave(group, dim=1)
+        s = sm_scale * (qd @ kd.transpose(-1, -2))
+        env = {
+            B: torch.arange(p.B, device=dev).view(-1, 1, 1, 1),
+            H: torch.arange(p.HQ, device=dev).view(1, -1, 1, 1),
+            Q_IDX: torch.arange(p.Lq, device=dev).view(1, 1, -1, 1),
+            KV_IDX: torch.arange(p.Lkv, device=dev).view(1, 1, 1, -1),
+            LQ: p.Lq, LKV: p.Lkv, SCORE: s,
+        }
+        if variant.score is not None:
+            s = torch.as_tensor(evaluate(variant.score.expr, env, bound), dtype=torch.float64, device=dev)
+            s = s.expand(p.B, p.HQ, p.Lq, p.Lkv)
+        keep = torch.as_tensor(mask_matrix(variant.mask, env, bound), device=dev)
+        norm = variant.norm
+        if isinstance(norm, Softmax) and not norm.sink:
+            s = torch.where(keep, s, -math.inf)
+            m = s.amax(-1, keepdim=True)
+            m = torch.where(torch.isinf(m) & (m < 0), 0.0, m)
+            e = torch.exp(s - m)
+            denom = e.sum(-1, keepdim=True)
+            out = (e / torch.where(denom == 0, 1.0, denom)) @ vd
+            lse = torch.where(denom == 0, -math.inf, m + torch.log(denom)).squeeze(-1)
+            return (out, lse) if return_lse else out
+        what = {Sigmoid: "sigmoid", Linear: "linear"}.get(type(norm), "softmax with sinks")
+        raise NotImplementedError(f"reference: {what} normalization is not implemented in this version")
+
+    return run

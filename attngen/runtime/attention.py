@@ -1,0 +1,94 @@
+"""``CompiledAttention``: the callable that ``ag.compile`` returns."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import sympy
+import torch
+
+from ..ir.kernel import TILES, KernelIR
+from ..ir.nodes import Variant
+from .config import KernelConfig, choose_config
+from .loader import interpreter_active, load_module
+from .tiles import TileCache
+from .validate import Problem, check_qkv, check_runtime_tensors, check_scale
+
+
+def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:
+    """Tensors the tile classification reads (through CSE temporaries too)."""
+    if ir.tile_pred is None:
+        return frozenset()
+    temps = dict(ir.temps)
+    todo, seen, names = [ir.tile_pred], set(), set()
+    while todo:
+        e = todo.pop()
+        names |= {str(r.base.label) for r in e.atoms(sympy.Indexed)}
+        for s in e.free_symbols & set(temps) - seen:
+            seen.add(s)
+            todo.append(temps[s])
+    return frozenset(names)
+
+
+class CompiledAttention:
+    """A compiled variant. Call it like ``attn(q, k, v, scale=None, return_lse=False, **tensors)``.
+
+    Attributes: ``variant`` (the input), ``ir`` (KernelIR after all passes; ``str(attn.ir)``
+    is its text), ``source`` (the generated Triton module), ``path`` (that module on disk),
+    ``key`` (its cache key) and ``from_cache`` (True when nothing was generated).
+    """
+
+    def __init__(self, variant: Variant, ir: KernelIR, module_path: Path, key: str, from_cache: bool) -> None:
+        self.variant = variant
+        self.ir = ir
+        self.path = Path(module_path)
+        self.key = key
+        self.from_cache = from_cache
+        self.source = self.path.read_text()
+        self._tiles = TileCache()
+        self._mask_tensors = _mask_tensor_names(ir)
+
+    def __repr__(self) -> str:
+        return f"CompiledAttention({self.ir.name!r}, tiles={self.ir.strategy}, path='{self.path}')"
+
+    def module(self, device: torch.device):
+        """The generated module (CPU tensors need the process to run the Triton interpreter)."""
+        if device.type == "cpu" and not interpreter_active():
+            raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
+                             "before importing triton (attngen does so itself when no GPU is present)")
+        return load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+
+    def prepare(self, q, k, v, scale=None, **tensors) -> tuple[Problem, float, dict[str, torch.Tensor]]:
+        """Validate a call's inputs; returns the problem sizes, the scale and every tensor."""
+        p = check_qkv(q, k, v)
+        sm_scale = check_scale(scale, p.D)
+        bound = check_runtime_tensors(self.variant.tensors(), tensors, self.variant.captured(), p, self.ir.name)
+        return p, sm_scale, bound
+
+    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig):
+        """The classifier's full/partial tile lists for this call (cached), or None."""
+        if self.ir.strategy != TILES:
+            return None
+        mask_tensors = {n: t for n, t in bound.items() if n in self._mask_tensors}
+        return self._tiles.get(self.module(p.device), mask_tensors, p.B, p.HQ, p.Lq, p.Lkv, config, p.device)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                 return_lse: bool = False, config: KernelConfig | None = None, **tensors: torch.Tensor):
+        p, sm_scale, bound = self.prepare(q, k, v, scale, **tensors)
+        if not isinstance(return_lse, bool):
+            raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
+        if config is not None and not isinstance(config, KernelConfig):
+            raise TypeError(f"config must be an attngen KernelConfig, got {type(config).__name__}")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *bound.values())):
+            raise NotImplementedError(
+                f"variant '{self.ir.name}': gradients are not available yet (the backward kernels are "
+                "not built in this version); run under torch.no_grad() or detach the inputs")
+        config = config or choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv)
+        module = self.module(p.device)
+        out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
+        lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
+        guard = torch.cuda.device(p.device) if p.device.type == "cuda" else contextlib.nullcontext()
+        with guard:
+            tiles = self.tile_lists(p, bound, config)
+            module.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, config)
+        return (out, lse) if return_lse else out

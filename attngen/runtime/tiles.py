@@ -1,0 +1,79 @@
+"""Run-time tile lists for masks without closed-form geometry, and their cache.
+
+The lists are (Bm, Hm, query tiles, KV tiles) int32 index arrays plus per-query-tile
+counts, one pair for full tiles and one for partial tiles; Bm and Hm are 1 unless the
+mask reads b or h. That is O(L^2 / (BLOCK_M * BLOCK_N)) memory, never O(L^2).
+
+A classification is reused while the shape, tile sizes and every tensor it reads are the
+same objects at the same version: ``tensor._version`` changes on each in-place write, so
+``doc_ids.fill_(0)`` invalidates it.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import triton
+
+
+@dataclass
+class TileLists:
+    full_count: torch.Tensor
+    full_index: torch.Tensor
+    partial_count: torch.Tensor
+    partial_index: torch.Tensor
+
+    @classmethod
+    def empty(cls, bm: int, hm: int, num_m: int, num_n: int, device: torch.device) -> "TileLists":
+        def counts():
+            return torch.empty((bm, hm, num_m), dtype=torch.int32, device=device)
+
+        def index():
+            return torch.empty((bm, hm, num_m, num_n), dtype=torch.int32, device=device)
+
+        return cls(counts(), index(), counts(), index())
+
+    def args(self) -> tuple:
+        """Pointers and strides in the order the generated kernels take them."""
+        c, i = self.full_count, self.full_index
+        return (self.full_count, self.full_index, self.partial_count, self.partial_index,
+                c.stride(0), c.stride(1), i.stride(0), i.stride(1), i.stride(2))
+
+    def visited(self) -> tuple[int, int]:
+        """(full tiles, partial tiles) summed over every query tile."""
+        return int(self.full_count.sum()), int(self.partial_count.sum())
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (id(t), t._version, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+
+
+class TileCache:
+    """A small LRU of tile classifications for one compiled variant."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple, tuple[list, TileLists]] = OrderedDict()
+        self.builds = 0
+
+    def get(self, module, tensors: dict[str, torch.Tensor], B: int, HQ: int, Lq: int, Lkv: int, config,
+            device: torch.device) -> TileLists:
+        depends = module.TILES_DEPEND_ON
+        bm = B if "b" in depends else 1
+        hm = HQ if "h" in depends else 1
+        key = (device, bm, hm, Lq, Lkv, config.block_m, config.block_n,
+               tuple((n, _tensor_key(t)) for n, t in sorted(tensors.items())))
+        hit = self._entries.get(key)
+        if hit is not None and all(ref() is tensors[n] for n, ref in hit[0]):
+            self._entries.move_to_end(key)
+            return hit[1]
+        tiles = TileLists.empty(bm, hm, triton.cdiv(Lq, config.block_m), triton.cdiv(Lkv, config.block_n), device)
+        module.launch_classify_tiles(tiles, tensors, Lq, Lkv, config)
+        self.builds += 1
+        refs = [(n, weakref.ref(t)) for n, t in sorted(tensors.items())]
+        self._entries[key] = (refs, tiles)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return tiles

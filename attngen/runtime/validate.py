@@ -1,0 +1,120 @@
+"""Check every call's inputs before anything runs on them.
+
+Errors are ``TypeError`` (wrong kind of object, missing or unexpected tensor, dtype) or
+``ValueError`` (shapes, devices, sizes), and always name the argument.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from ..ir.nodes import TensorParam
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The sizes of one call."""
+
+    B: int
+    HQ: int
+    HKV: int
+    Lq: int
+    Lkv: int
+    D: int
+    DV: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_qkv(q: object, k: object, v: object) -> Problem:
+    q, k, v = _tensor(q, "q"), _tensor(k, "k"), _tensor(v, "v")
+    for name, t, dims in (("q", q, "(B, Hq, Lq, D)"), ("k", k, "(B, Hkv, Lkv, D)"), ("v", v, "(B, Hkv, Lkv, Dv)")):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D {dims}, got shape {tuple(t.shape)}")
+        if t.dtype not in DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; put them on one device")
+        if t.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"q is on {q.device}; attngen runs on CUDA, or on the CPU under the Triton interpreter")
+    B, HQ, Lq, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"batch sizes differ: q has {B}, k has {k.shape[0]}, v has {v.shape[0]}")
+    HKV, Lkv = k.shape[1], k.shape[2]
+    if v.shape[1] != HKV:
+        raise ValueError(f"v has {v.shape[1]} heads but k has {HKV}")
+    if v.shape[2] != Lkv:
+        raise ValueError(f"v has {v.shape[2]} positions but k has {Lkv}")
+    if HQ % HKV:
+        raise ValueError(f"q's head count ({HQ}) must be a multiple of k's ({HKV}) for GQA/MQA")
+    if k.shape[3] != D:
+        raise ValueError(f"k's head dim ({k.shape[3]}) must equal q's ({D})")
+    DV = v.shape[3]
+    for name, val in (("q/k head dim D", D), ("v head dim Dv", DV)):
+        if not MIN_HEAD_DIM <= val <= MAX_HEAD_DIM:
+            raise ValueError(f"{name} is {val}; supported: {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+    return Problem(B, HQ, HKV, Lq, Lkv, D, DV, q.dtype, q.device)
+
+
+def check_scale(scale: object, D: int) -> float:
+    if scale is None:
+        return D ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a Python number or None, got {type(scale).__name__}")
+    if scale != scale or scale in (float("inf"), float("-inf")):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def check_runtime_tensors(params: tuple[TensorParam, ...], given: Mapping[str, object],
+                          captured: Mapping[str, object], p: Problem, variant: str) -> dict[str, torch.Tensor]:
+    """Match keyword tensors to the variant's declarations; returns every tensor by name."""
+    runtime = {t.name: t for t in params if t.source == "runtime"}
+    missing = sorted(set(runtime) - set(given))
+    if missing:
+        raise TypeError(f"variant '{variant}' needs runtime tensor(s) {', '.join(missing)} "
+                        f"(pass them by keyword, e.g. {missing[0]}=...)")
+    unexpected = sorted(set(given) - set(runtime))
+    if unexpected:
+        expected = ", ".join(sorted(runtime)) or "none"
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unexpected)}; variant '{variant}' "
+                        f"takes runtime tensors: {expected}")
+    out: dict[str, torch.Tensor] = {}
+    for t in params:
+        value = given[t.name] if t.source == "runtime" else captured.get(t.name)
+        what = t.name if t.source == "runtime" else f"captured tensor {t.name}"
+        if value is None:
+            raise TypeError(f"{what} is not bound; use variant.with_captures({t.name}=...)")
+        value = _tensor(value, what)
+        if value.dim() != t.ndim:
+            raise ValueError(f"{what} must be {t.ndim}-D (it is indexed with {t.ndim} indices), "
+                             f"got shape {tuple(value.shape)}")
+        if value.device != p.device:
+            raise ValueError(f"{what} is on {value.device} but q is on {p.device}")
+        if value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{what} has dtype {value.dtype}; use a real floating or integer dtype")
+        out[t.name] = value
+    if "document_ids" in out:
+        doc = out["document_ids"]
+        if doc.dtype.is_floating_point:
+            raise TypeError(f"document_ids must be an integer tensor, got {doc.dtype}")
+        if p.Lq != p.Lkv:
+            raise ValueError(f"document masks need Lq == Lkv (self-attention), got Lq={p.Lq}, Lkv={p.Lkv}")
+        if tuple(doc.shape) != (p.B, p.Lq):
+            raise ValueError(f"document_ids must have shape (B, L) = ({p.B}, {p.Lq}), got {tuple(doc.shape)}")
+    return out
