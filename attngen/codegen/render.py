@@ -149,3 +149,13 @@ def render(ir: KernelIR) -> str:
 def template_sources() -> str:
     """All template text, for the cache key: a template change invalidates every kernel."""
     return "\n".join(p.read_text() for p in sorted(template_dir().glob("*.j2")))
+
+
+def render_generated_test(name: str, variant_text: str, kernel_ir: str) -> str:
+    """The pytest module that checks ``name``.py against the reference."""
+    for text in (variant_text, kernel_ir):
+        if '"""' in text or "\\" in text:
+            raise ValueError("IR text cannot be embedded in a Python string literal")
+    return _environment().get_template("test_kernel.py.j2").render(
+        version=__version__, name=name, test_file=f"test_{name}.py", variant_text=variant_text,
+        kernel_ir=kernel_ir)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import sympy
 import torch
+import triton
 
-from ..ir.kernel import TILES, KernelIR
+from ..ir.kernel import DENSE, TILES, KernelIR
 from ..ir.nodes import Variant
 from .config import KernelConfig, choose_config
 from .loader import interpreter_active, load_module
@@ -31,6 +32,18 @@ def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:
     return frozenset(names)
 
 
+def _reads_per_tile(ir: KernelIR) -> bool:
+    """Whether the score or mask reads a tensor at positions that depend on kv_idx."""
+    from ..ir.expr import KV_IDX
+
+    per_kv = {KV_IDX}
+    for sym, expr in ir.temps:  # temporaries are in dependency order
+        if expr.free_symbols & per_kv:
+            per_kv.add(sym)
+    exprs = [e for _, e in ir.temps] + [ir.score_log2] + ([ir.tile_pred] if ir.tile_pred is not None else [])
+    return any(r.free_symbols & per_kv for e in exprs for r in e.atoms(sympy.Indexed))
+
+
 class CompiledAttention:
     """A compiled variant. Call it like ``attn(q, k, v, scale=None, return_lse=False, **tensors)``.
 
@@ -48,6 +61,9 @@ class CompiledAttention:
         self.source = self.path.read_text()
         self._tiles = TileCache()
         self._mask_tensors = _mask_tensor_names(ir)
+        self._tile_reads = _reads_per_tile(ir)
+        self._fitted: dict[tuple, KernelConfig] = {}
+        self.last_config: KernelConfig | None = None  # what the latest call launched with
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.ir.name!r}, tiles={self.ir.strategy}, path='{self.path}')"
@@ -84,7 +100,6 @@ class CompiledAttention:
             raise NotImplementedError(
                 f"variant '{self.ir.name}': gradients are not available yet (the backward kernels are "
                 "not built in this version); run under torch.no_grad() or detach the inputs")
-        config = config or choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv)
         module = self.module(p.device)
         out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
         lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
@@ -94,6 +109,32 @@ class CompiledAttention:
             lse.fill_(float("nan"))
         guard = torch.cuda.device(p.device) if p.device.type == "cuda" else contextlib.nullcontext()
         with guard:
-            tiles = self.tile_lists(p, bound, config)
-            module.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, config)
+            if config is not None:  # the caller's choice: no fallback
+                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config), config)
+                self.last_config = config
+            else:
+                self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound)
         return (out, lse) if return_lse else out
+
+    def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int, Lkv: int) -> KernelConfig:
+        """The launch configuration the heuristic picks for this kernel at these sizes."""
+        return choose_config(torch.device(device), dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
+                             masked=self.ir.strategy != DENSE)
+
+    def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound) -> KernelConfig:
+        """Launch with the heuristic config, stepping down while it does not fit the GPU
+        (shared memory, registers); the config that fits is remembered for this problem class."""
+        cls = (p.device, p.dtype, p.D, p.DV)
+        config = self._fitted.get(cls) or self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv)
+        while True:
+            try:
+                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config), config)
+            except triton.runtime.errors.OutOfResources as exc:
+                smaller = config.smaller()
+                if smaller is None:
+                    raise RuntimeError(f"variant '{self.ir.name}': no launch configuration fits this GPU "
+                                       f"({exc})") from exc
+                config = smaller
+                continue
+            self._fitted[cls] = config
+            return config

@@ -24,22 +24,52 @@ class KernelConfig:
             val = getattr(self, name)
             if val < 16 or val & (val - 1):
                 raise ValueError(f"KernelConfig.{name} must be a power of two >= 16, got {val}")
+        if self.num_stages < 1 or self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"KernelConfig: num_stages must be >= 1 and num_warps a power of two <= 16, "
+                             f"got {self.num_stages} and {self.num_warps}")
+
+    def smaller(self) -> "KernelConfig | None":
+        """The next configuration to try when this one does not fit (fewer stages, then
+        narrower KV tiles, then shorter query tiles); None when nothing smaller is left."""
+        if self.num_stages > 1:
+            return KernelConfig(self.block_m, self.block_n, self.num_warps, self.num_stages - 1)
+        if self.block_n > 16:
+            return KernelConfig(self.block_m, self.block_n // 2, self.num_warps, 2)
+        if self.block_m > 16:
+            return KernelConfig(self.block_m // 2, self.block_n, min(self.num_warps, 4), 2)
+        return None
 
 
-def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq: int, lkv: int) -> KernelConfig:
-    """A good-enough configuration for this problem (no timing runs)."""
+def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq: int, lkv: int,
+                  tile_reads: bool = False, masked: bool = False) -> KernelConfig:
+    """A good-enough configuration for this problem (no timing runs).
+
+    ``tile_reads``: the score or mask reads a tensor per (query, key) pair, a
+    BLOCK_M x BLOCK_N gather that the software pipeline also stages in shared memory.
+    ``masked``: the mask skips tiles (band or tile lists), where smaller tiles waste less
+    work on the band's edges.
+
+    H100 bf16 measurements behind the choices (benchmarks/NOTES.md, 2026-11-24):
+    dense D=128: 128x128, 8 warps, 3 stages 500 TFLOP/s (128x64x8: 477);
+    dense D=64: 128x64, 8 warps 434 (128x128x8: 354);
+    causal D=128: 64x64, 4 warps 486 (128x128x8: 465); causal D=64: 64x64x4 370.
+    """
     if device.type != "cuda":
         bm = min(64, max(16, triton.next_power_of_2(lq)))
         bn = min(64, max(16, triton.next_power_of_2(lkv)))
         return KernelConfig(bm, bn, 4, 1)
     major, _ = torch.cuda.get_device_capability(device)
     dmax = max(d, dv)
+    if tile_reads:
+        return KernelConfig(128 if dtype != torch.float32 else 64, 64, 4, 2)
     if dtype == torch.float32:
         return KernelConfig(64, 32 if dmax > 128 else 64, 4, 2)
     if dmax > 128:
         return KernelConfig(64, 64, 4, 2)
     if major >= 9:
+        if masked:
+            return KernelConfig(64, 64, 4, 3)
         if dmax <= 64:
-            return KernelConfig(128, 128, 8, 3)
+            return KernelConfig(128, 64, 8, 3)
         return KernelConfig(128, 128, 8, 3)
     return KernelConfig(128, 64, 4, 2)

@@ -1,0 +1,1 @@
+"""Code generation: KernelIR -> Triton source through the Jinja2 templates."""

@@ -1,0 +1,1 @@
+"""Frontend: trace Python score_mod / mask_mod functions into IR expressions."""

@@ -1,0 +1,1 @@
+"""The IR: variant nodes (nodes.py), their text form (text.py), the kernel IR (kernel.py)."""

@@ -1,0 +1,1 @@
+"""Runtime: disk cache, module loading, validation, launch configs, tile lists, the callable."""
