@@ -229,3 +229,19 @@ class TritonPrinter:
         name = str(e.base.label)
         offset = " + ".join(f"{self._wrap(self.code(i))} * {name}_stride{d}" for d, i in enumerate(e.indices))
         return f"_read({name}_ptr + {offset}, {name.upper()}_AS_F32)", ANY
+
+
+class HostPrinter(TritonPrinter):
+    """Prints integer expressions (band bounds over Lq, Lkv) as plain Python for the launcher."""
+
+    def _print_Min(self, e): return self._minmax_py("min", e)
+    def _print_Max(self, e): return self._minmax_py("max", e)
+
+    def _minmax_py(self, name: str, e) -> tuple[str, str]:
+        return f"{name}({', '.join(self.code(a) for a in e.args)})", INT
+
+    def _print_FloorDiv(self, e):
+        return f"({self.code(e.args[0])} // {self.code(e.args[1])})", INT
+
+    def _print_Mod(self, e):
+        return f"({self.code(e.args[0])} % {self.code(e.args[1])})", INT

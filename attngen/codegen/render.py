@@ -16,7 +16,7 @@ from .. import __version__
 from .._resources import template_dir
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SM_SCALE
 from ..ir.kernel import BAND, TILES, KernelIR
-from .printer import TritonPrinter
+from .printer import HostPrinter, TritonPrinter
 
 TEMPLATE = "attention_fwd.py.j2"
 
@@ -52,8 +52,12 @@ def _reads(exprs: list[sympy.Basic]) -> list[str]:
     return sorted({str(r.base.label) for e in exprs for r in e.atoms(sympy.Indexed)})
 
 
-def _hoist_reads(ir: KernelIR) -> tuple[list[tuple[sympy.Symbol, sympy.Basic]], dict, sympy.Basic, sympy.Basic]:
-    """Give every tensor read that does not depend on the KV position a per-row temporary."""
+def _hoist_reads(ir: KernelIR) -> tuple[list[tuple[sympy.Symbol, sympy.Basic]], sympy.Basic, sympy.Basic | None]:
+    """Give every tensor read that does not depend on the KV position a per-row temporary.
+
+    Returns the definitions (those reads, then the IR's temporaries, in dependency order),
+    the score and the partial-tile predicate rewritten over them.
+    """
     exprs = [e for _, e in ir.temps] + [ir.score_log2] + ([ir.tile_pred] if ir.tile_pred is not None else [])
     reads = sorted({r for e in exprs for r in e.atoms(sympy.Indexed) if not r.free_symbols & PER_KV_TILE},
                    key=sympy.default_sort_key)
@@ -62,7 +66,7 @@ def _hoist_reads(ir: KernelIR) -> tuple[list[tuple[sympy.Symbol, sympy.Basic]], 
     temps = [(s, e.xreplace(subs)) for s, e in ir.temps]
     score = ir.score_log2.xreplace(subs)
     pred = ir.tile_pred.xreplace(subs) if ir.tile_pred is not None else None
-    return hoisted + temps, {}, score, pred
+    return hoisted + temps, score, pred
 
 
 def _split_by_loop(defs: list[tuple[sympy.Symbol, sympy.Basic]]):
@@ -90,7 +94,7 @@ def _needed(defs: list[tuple[sympy.Symbol, sympy.Basic]], roots: list[sympy.Basi
 
 def build_context(ir: KernelIR, ir_text: str) -> dict:
     """Everything the template needs, as plain strings and flags."""
-    defs, _, score, pred = _hoist_reads(ir)
+    defs, score, pred = _hoist_reads(ir)
     row_defs, tile_defs = _split_by_loop(defs)
     names = dict(KERNEL_NAMES)
     names.update({s: str(s) for s, _ in defs})
@@ -120,11 +124,10 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         "tile_depends_b": "b" in ir.tile_depends, "tile_depends_h": "h" in ir.tile_depends,
     }
     if ir.strategy == BAND:
-        host = TritonPrinter(HOST_NAMES)
+        host = HostPrinter(HOST_NAMES)
         ctx["band_lo"] = host.code(ir.band.lo) if ir.band.lo is not None else None
         ctx["band_hi"] = host.code(ir.band.hi) if ir.band.hi is not None else None
     if ir.strategy == TILES:
-        cls_row = _needed(row_defs, [pred] + [e for _, e in tile_defs if e in [x for _, x in _needed(tile_defs, [pred])]])
         cls_tile = _needed(tile_defs, [pred])
         cls_row = _needed(row_defs, [pred] + [e for _, e in cls_tile])
         ctx["cls_row_stmts"] = stmts(cls_row)
