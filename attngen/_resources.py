@@ -1,6 +1,6 @@
 """Locate the data folders shipped with attngen (templates/, ir/, autotune/).
 
-Installed wheels carry them as the packages ``attngen.templates`` and ``attngen.library``;
+Installed wheels carry them as the packages ``attngen.templates`` and ``attngen.ir_library``;
 a source checkout has them beside the package. Both are supported so that the project
 runs from a clone with PYTHONPATH alone (as on the GPU machine).
 """
@@ -27,4 +27,4 @@ def template_dir() -> Path:
 
 
 def library_dir() -> Path:
-    return _find("attngen.library", "ir")
+    return _find("attngen.ir_library", "ir")

@@ -1,1 +1,1 @@
-"""The built-in variant library, written in attngen's textual IR (shipped as ``attngen.library``)."""
+"""The built-in variant library, written in attngen's textual IR (shipped as ``attngen.ir_library``)."""
