@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attngen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except Exception as exc:  # one clear line unless --debug
         if args.debug:
             raise
