@@ -60,3 +60,10 @@ from .passes import UnsupportedVariant  # noqa: E402
 from .reference import reference  # noqa: E402
 from .runtime.attention import CompiledAttention  # noqa: E402
 from .runtime.config import KernelConfig  # noqa: E402
+
+__all__ = [
+    "AndMask", "Causal", "CompiledAttention", "Document", "IRSyntaxError", "KernelConfig", "Linear", "Mask",
+    "MaskMod", "NotMask", "OrMask", "ScoreMod", "Sigmoid", "SlidingWindow", "Softmax", "TensorParam", "TraceError",
+    "UnsupportedVariant", "Variant", "__version__", "causal", "compile", "document", "linear", "load",
+    "load_compiled", "loads", "mask_mod", "reference", "score_mod", "sigmoid", "sliding_window", "softmax",
+]
