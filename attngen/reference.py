@@ -12,7 +12,7 @@ from typing import Callable
 import sympy
 import torch
 
-from .ir.expr import B, FloorDiv, H, KV_IDX, LKV, LQ, Q_IDX, SCORE
+from .ir.expr import B, FloorDiv, H, KV_IDX, LKV, LQ, Q_IDX, SCORE, exact_relation
 from .ir.nodes import (AndMask, Causal, Document, Linear, Mask, MaskMod, NotMask, OrMask, Sigmoid, SlidingWindow,
                        Softmax, Variant)
 from .runtime.validate import check_qkv, check_runtime_tensors, check_scale
@@ -85,7 +85,8 @@ def evaluate(expr: sympy.Basic, env: dict, tensors: dict[str, torch.Tensor]):
         rel = {sympy.Lt: torch.lt, sympy.Le: torch.le, sympy.Gt: torch.gt, sympy.Ge: torch.ge,
                sympy.Eq: torch.eq, sympy.Ne: torch.ne}
         if type(e) in rel:
-            return rel[type(e)](torch.as_tensor(ev(e.lhs)), torch.as_tensor(ev(e.rhs)))
+            lhs, rhs = exact_relation(e)
+            return rel[type(e)](torch.as_tensor(ev(lhs)), torch.as_tensor(ev(rhs)))
         logic = {sympy.And: torch.logical_and, sympy.Or: torch.logical_or, sympy.Xor: torch.logical_xor}
         if type(e) in logic:
             out = torch.as_tensor(ev(e.args[0]))

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 import sympy
 from sympy.core.relational import Relational
 
-from ..ir.expr import FloorDiv
+import ast
+
+from ..ir.expr import FloorDiv, exact_relation
 
 INT, FLOAT, BOOL, ANY = "int", "float", "bool", "any"
+FLOAT_BOOL = "float_bool"  # the result of comparing floats; see _print_And
 
 
 @dataclass
@@ -24,14 +27,21 @@ class TritonPrinter:
 
     names: dict[sympy.Symbol, str]
     helpers: set[str] = field(default_factory=set)
+    kinds: dict[sympy.Symbol, str] = field(default_factory=dict)
 
     def code(self, expr: sympy.Basic) -> str:
         return self._p(expr)[0]
 
+    def define(self, sym: sympy.Symbol, expr: sympy.Basic) -> str:
+        """Code for a temporary ``sym = expr``; later uses of ``sym`` get expr's type."""
+        code, kind = self._p(expr)
+        self.kinds[sym] = kind
+        return code
+
     # -- dispatch
     def _p(self, e: sympy.Basic) -> tuple[str, str]:
         if e in self.names:
-            kind = BOOL if getattr(e, "is_Boolean_symbol", False) else (INT if e.is_integer else FLOAT)
+            kind = self.kinds.get(e) or (INT if e.is_integer else FLOAT)
             return self.names[e], kind
         if e is sympy.true or e is sympy.false:
             return ("True" if e is sympy.true else "False"), BOOL
@@ -69,8 +79,24 @@ class TritonPrinter:
 
     @staticmethod
     def _wrap(code: str) -> str:
-        return code if code.replace("_", "").isalnum() or code.startswith("(") and code.endswith(")") \
-            and code.count("(") == 1 else f"({code})"
+        """Parenthesize ``code`` unless it is a single operand (name, number, call, ...)."""
+        try:
+            node = ast.parse(code, mode="eval").body
+        except SyntaxError:
+            return f"({code})"
+        atomic = (ast.Name, ast.Constant, ast.Call, ast.Attribute, ast.Subscript)
+        if isinstance(node, atomic) and not code.startswith("-"):
+            return code
+        if code.startswith("(") and code.endswith(")"):
+            depth = 0
+            for i, ch in enumerate(code):
+                depth += ch == "("
+                depth -= ch == ")"
+                if depth == 0 and i < len(code) - 1:
+                    break
+            else:
+                return code  # already one parenthesized group
+        return f"({code})"
 
     # -- arithmetic
     def _print_Add(self, e: sympy.Add) -> tuple[str, str]:
@@ -107,11 +133,11 @@ class TritonPrinter:
         for f in factors:
             if f.is_Pow and f.exp.is_Number and f.exp < 0:
                 code, _ = self._p(f.base ** -f.exp)
-                den.append(self._wrap(code) if isinstance(f.base, (sympy.Add, sympy.Mul)) or f.exp != -1 else code)
+                den.append(self._wrap(code))
                 kinds.append(FLOAT)  # true division, as in torch
             else:
                 code, kind = self._p(f)
-                num.append(self._wrap(code) if isinstance(f, sympy.Add) or code.startswith("-") else code)
+                num.append(self._wrap(code))
                 kinds.append(kind)
         code = " * ".join(num) if num else "1.0"
         if den:
@@ -141,7 +167,7 @@ class TritonPrinter:
         if FLOAT in (ka, kb):
             return f"tl.floor({a} / {b})", FLOAT
         if e.args[0].is_nonnegative and e.args[1].is_positive:
-            return f"{self._wrap(a)} // {self._wrap(b)}", INT
+            return f"({self._wrap(a)} // {self._wrap(b)})", INT
         self.helpers.add("floordiv")
         return f"_floordiv({a}, {b})", INT
 
@@ -150,7 +176,7 @@ class TritonPrinter:
         if FLOAT in (ka, kb):
             return f"({a} - {self._wrap(b)} * tl.floor({a} / {b}))", FLOAT
         if e.args[0].is_nonnegative and e.args[1].is_positive:
-            return f"{self._wrap(a)} % {self._wrap(b)}", INT
+            return f"({self._wrap(a)} % {self._wrap(b)})", INT
         self.helpers.add("floormod")
         return f"_floormod({a}, {b})", INT
 
@@ -212,17 +238,26 @@ class TritonPrinter:
 
     def _print_Relational(self, e: Relational) -> tuple[str, str]:
         op = self._OPS[type(e).__name__]
-        return f"({self.code(e.lhs)} {op} {self.code(e.rhs)})", BOOL
+        lhs, rhs = exact_relation(e)
+        (a, ka), (b, kb) = self._p(lhs), self._p(rhs)
+        return f"({a} {op} {b})", FLOAT_BOOL if FLOAT in (ka, kb) or ANY in (ka, kb) else BOOL
+
+    def _operand(self, e: sympy.Basic) -> str:
+        # The Triton interpreter cannot combine a float comparison on per-program scalars
+        # with a block of booleans ("ufunc 'bitwise_and' not supported"); comparing the
+        # result with 0 gives it an ordinary boolean type. Compiled code is unaffected.
+        code, kind = self._p(e)
+        return f"({code} != 0)" if kind == FLOAT_BOOL else code
 
     def _bool(self, op: str, e) -> tuple[str, str]:
-        return "(" + f" {op} ".join(self.code(a) for a in e.args) + ")", BOOL
+        return "(" + f" {op} ".join(self._operand(a) for a in e.args) + ")", BOOL
 
     def _print_And(self, e): return self._bool("&", e)
     def _print_Or(self, e): return self._bool("|", e)
     def _print_Xor(self, e): return self._bool("^", e)
 
     def _print_Not(self, e):
-        return f"~{self._wrap(self.code(e.args[0]))}", BOOL
+        return f"~{self._wrap(self._operand(e.args[0]))}", BOOL
 
     # -- tensor reads
     def _print_Indexed(self, e: sympy.Indexed) -> tuple[str, str]:

@@ -82,6 +82,15 @@ def _split_by_loop(defs: list[tuple[sympy.Symbol, sympy.Basic]]):
     return row, tile
 
 
+def _per_tile_symbols(defs: list[tuple[sympy.Symbol, sympy.Basic]]) -> set[sympy.Symbol]:
+    """qk, kv_idx and every temporary computed from them."""
+    out = set(PER_KV_TILE)
+    for sym, expr in defs:
+        if expr.free_symbols & out:
+            out.add(sym)
+    return out
+
+
 def _needed(defs: list[tuple[sympy.Symbol, sympy.Basic]], roots: list[sympy.Basic]) -> list:
     need = set().union(*(r.free_symbols for r in roots)) if roots else set()
     out = []
@@ -101,7 +110,7 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
     printer = TritonPrinter(names)
 
     def stmts(items):
-        return [Statement(str(s), printer.code(e)) for s, e in items]
+        return [Statement(str(s), printer.define(s, e)) for s, e in items]
 
     tensors = {p.name: TensorArgs(p.name, p.ndim) for p in ir.tensors}
     fwd_row = _needed(row_defs, [score] + [e for _, e in tile_defs] + ([pred] if pred is not None else []))
@@ -115,6 +124,7 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         "row_vars": [str(s) for s, _ in fwd_row],
         "tile_stmts": stmts(fwd_tile),
         "score_code": printer.code(score),
+        "score_is_tile": bool(_per_tile_symbols(defs) & score.free_symbols),
         "mask_code": printer.code(pred) if pred is not None else None,
         "fwd_tensors": [tensors[n] for n in _reads([e for _, e in fwd_row + fwd_tile] + [score]
                                                         + ([pred] if pred is not None else []))],

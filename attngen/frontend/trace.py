@@ -16,7 +16,7 @@ from typing import Any, Callable
 import sympy
 import torch
 
-from ..ir.expr import B, FloorDiv, is_boolean, H, KV_IDX, Q_IDX, SCORE, check_tensor_name, tensor_read
+from ..ir.expr import B, FloorDiv, is_boolean, reads_tensor, H, KV_IDX, Q_IDX, SCORE, check_tensor_name, tensor_read
 from ..ir.nodes import Mask, MaskMod, ScoreMod
 
 
@@ -335,20 +335,31 @@ def _trace(fn: Callable, kind: str, fixed: tuple[sympy.Symbol, ...], name: str |
     return _to_sympy(result, ctx, "return value"), ctx, name
 
 
+def _canonical(expr: sympy.Basic, fixed: tuple[sympy.Symbol, ...]) -> sympy.Basic:
+    from ..ir.text import canonical_expr
+
+    arities = {str(r.base.label): len(r.indices) for r in expr.atoms(sympy.Indexed)}
+    return canonical_expr(expr, arities, {s.name for s in fixed})
+
+
 def trace_score_mod(fn: Callable, name: str | None = None) -> ScoreMod:
     """Trace ``fn(score, b, h, q_idx, kv_idx, *tensors)`` into a ``ScoreMod``."""
-    expr, ctx, name = _trace(fn, "score_mod", (SCORE, B, H, Q_IDX, KV_IDX), name)
+    fixed = (SCORE, B, H, Q_IDX, KV_IDX)
+    expr, ctx, name = _trace(fn, "score_mod", fixed, name)
     if is_boolean(expr):
         raise TraceError(f"score_mod '{name}' returns a boolean ({expr}); did you mean @ag.mask_mod?")
-    return ScoreMod.build(expr, name, ctx.captured, fn)
+    expr = _canonical(expr, fixed)
+    return ScoreMod.build(expr, name, {k: t for k, t in ctx.captured.items() if reads_tensor(expr, k)}, fn)
 
 
 def trace_mask_mod(fn: Callable, name: str | None = None) -> MaskMod:
     """Trace ``fn(b, h, q_idx, kv_idx, *tensors)`` into a ``MaskMod``."""
-    pred, ctx, name = _trace(fn, "mask_mod", (B, H, Q_IDX, KV_IDX), name)
+    fixed = (B, H, Q_IDX, KV_IDX)
+    pred, ctx, name = _trace(fn, "mask_mod", fixed, name)
     if not is_boolean(pred):
         raise TraceError(f"mask_mod '{name}' must return a boolean (a comparison), got {pred}")
-    return MaskMod.build(pred, name, ctx.captured, fn)
+    pred = _canonical(pred, fixed)
+    return MaskMod.build(pred, name, {k: t for k, t in ctx.captured.items() if reads_tensor(pred, k)}, fn)
 
 
 def score_mod(fn: Callable | None = None, *, name: str | None = None):

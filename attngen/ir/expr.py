@@ -74,7 +74,30 @@ def is_boolean(e: sympy.Basic) -> bool:
 
 def tensor_read(name: str, indices: tuple[sympy.Expr, ...]) -> sympy.Indexed:
     """The IR node for ``name[indices]`` (a read of a runtime or captured tensor)."""
-    return sympy.IndexedBase(name)[indices]
+    return sympy.IndexedBase(name, real=True)[indices]
+
+
+def reads_tensor(expr: sympy.Basic, name: str) -> bool:
+    """Whether ``expr`` reads the tensor ``name``."""
+    return any(str(r.base.label) == name for r in expr.atoms(sympy.Indexed))
+
+
+def exact_relation(rel: sympy.Basic) -> tuple[sympy.Basic, sympy.Basic]:
+    """A comparison as (lhs', rhs') free of rational coefficients, for exact evaluation.
+
+    sympy may present an integer comparison such as ``3*kv_idx <= q_idx + 1`` with
+    rational coefficients (``kv_idx <= q_idx/3 + 1/3``); evaluated in floating point that
+    can round the wrong way at equality. Multiplying both sides by the (positive) common
+    denominator restores integer arithmetic: ``3*kv_idx - q_idx - 1 <= 0``.
+    """
+    lhs, rhs = rel.args
+    fractions = [r for r in (lhs - rhs).atoms(sympy.Rational) if r.q != 1]
+    if not fractions or lhs.has(sympy.oo, -sympy.oo) or rhs.has(sympy.oo, -sympy.oo):
+        return lhs, rhs
+    num, den = sympy.fraction(sympy.together(lhs - rhs))
+    if den.is_Integer and den > 0:
+        return sympy.expand(num), sympy.Integer(0)
+    return lhs, rhs
 
 
 def tensor_reads(expr: sympy.Basic) -> list[sympy.Indexed]:

@@ -84,12 +84,13 @@ def norm_to_text(norm) -> str:
     raise TypeError(f"unknown normalization {norm!r}")
 
 
-def _unique_mask_names(mask: Mask | None) -> dict[MaskMod, str]:
+def _unique_mask_names(mask: Mask | None, anonymous: bool = False) -> dict[MaskMod, str]:
     names: dict[MaskMod, str] = {}
     used: set[str] = set()
     for leaf in mask.leaves() if mask is not None else ():
         if isinstance(leaf, MaskMod) and leaf not in names:
             base = leaf.name if leaf.name.isidentifier() and leaf.name != "lambda" else "mask_mod"
+            base = "mask_mod" if anonymous else base
             name, n = base, 2
             while name in used or name in _MASK_CALLS or name in SYMBOLS:
                 name, n = f"{base}_{n}", n + 1
@@ -98,17 +99,22 @@ def _unique_mask_names(mask: Mask | None) -> dict[MaskMod, str]:
     return names
 
 
-def variant_to_text(v: Variant) -> str:
-    """The canonical text of ``v`` (``ag.loads(variant_to_text(v)) == v``)."""
+def variant_to_text(v: Variant, anonymous: bool = False) -> str:
+    """The canonical text of ``v`` (``ag.loads(variant_to_text(v)) == v``).
+
+    ``anonymous=True`` leaves out every name that is a label rather than structure (the
+    variant's, the score function's, mask functions' own), for structural digests.
+    """
     lines = [f"attngen {FORMAT_VERSION}"]
-    if v.name:
+    if v.name and not anonymous:
         lines.append(f"variant {v.name}")
     for p in v.tensors():
         lines.append(f"tensor {p.name}[{p.ndim}]" + (" captured" if p.source == CAPTURED else ""))
     if v.score is not None:
         name = v.score.name if v.score.name.isidentifier() and v.score.name != "lambda" else "score_mod"
+        name = "score_mod" if anonymous else name
         lines.append(f"score {name} = {expr_to_text(v.score.expr)}")
-    names = _unique_mask_names(v.mask)
+    names = _unique_mask_names(v.mask, anonymous)
     for leaf, name in names.items():
         lines.append(f"maskmod {name} = {expr_to_text(leaf.pred)}")
     if v.mask is not None:
@@ -119,8 +125,7 @@ def variant_to_text(v: Variant) -> str:
 
 def variant_digest(v: Variant) -> str:
     """sha256 of the canonical text without the variant's name (a structural identity)."""
-    text = "\n".join(line for line in variant_to_text(v).splitlines() if not line.startswith("variant "))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(variant_to_text(v, anonymous=True).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- parsing
@@ -230,6 +235,8 @@ class _ExprParser:
                 if not isinstance(arg, ast.Tuple) or len(arg.elts) != 2:
                     raise self.fail("Piecewise takes (value, condition) pairs")
                 pieces.append((self.visit(arg.elts[0]), self.visit(arg.elts[1])))
+            if not pieces or pieces[-1][1] is not sympy.true:
+                raise self.fail("Piecewise needs a final (value, True) branch")
             return sympy.Piecewise(*pieces)
         if name not in _FUNCS:
             raise self.fail(f"unknown function '{name}'")
@@ -237,6 +244,17 @@ class _ExprParser:
         if arity is not None and len(node.args) != arity:
             raise self.fail(f"{name} takes {arity} argument(s), got {len(node.args)}")
         return fn(*(self.visit(a) for a in node.args))
+
+
+def canonical_expr(expr: sympy.Basic, tensors: dict[str, int], symbols: set[str]) -> sympy.Basic:
+    """``expr`` as the text parser would rebuild it from its printed form.
+
+    sympy's automatic evaluation depends on the order an expression was built in, so a
+    traced expression and its re-parsed text can differ structurally (``x/2`` under a sum,
+    tautologies that fold only when rebuilt). Passing traced expressions through the text
+    once makes ``loads(v.to_text()) == v`` hold by construction.
+    """
+    return _ExprParser(tensors, symbols, "<traced>").parse(expr_to_text(expr))
 
 
 def _literal_kwargs(call: ast.Call, where: str, allowed: dict[str, type | tuple]) -> dict:

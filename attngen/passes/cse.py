@@ -17,6 +17,14 @@ def common_subexpressions(ir: KernelIR) -> KernelIR:
     """Extract repeated subexpressions of score_log2 and the tile predicate (sympy.cse)."""
     exprs = [ir.score_log2] + ([ir.tile_pred] if ir.tile_pred is not None else [])
     temps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols("cse"), order="canonical")
-    temps = [(s, e) for s, e in temps if not isinstance(e, (sympy.Symbol, sympy.Number))]
-    return ir.replace(temps=tuple(temps), score_log2=reduced[0],
+    # Give each temporary its expression's integer-ness and sign, so later passes and the
+    # printer treat it like what it stands for (integer division, transcendental casts).
+    typed, rename = [], {}
+    for sym, expr in temps:
+        expr = expr.xreplace(rename)
+        new = sympy.Symbol(sym.name, integer=expr.is_integer or None, nonnegative=expr.is_nonnegative or None)
+        rename[sym] = new
+        typed.append((new, expr))
+    reduced = [e.xreplace(rename) for e in reduced]
+    return ir.replace(temps=tuple(typed), score_log2=reduced[0],
                       tile_pred=reduced[1] if ir.tile_pred is not None else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sympy
 from sympy.core.relational import Relational
 
-from ..ir.expr import KV_IDX, LKV, LQ, Q_IDX
+from ..ir.expr import KV_IDX, LKV, LQ, Q_IDX, reads_tensor
 from ..ir.kernel import Band, KernelIR, lower_geometry_leaf
 from ..ir.nodes import AndMask, Mask, MaskMod, NotMask, OrMask
 from .pipeline import compiler_pass
@@ -61,7 +61,7 @@ def _from_predicate(pred: sympy.Basic, leaf: MaskMod) -> Mask:
             return band
     if pred == leaf.pred:
         return leaf
-    params = tuple(p for p in leaf.params if pred.has(sympy.IndexedBase(p.name)))
+    params = tuple(p for p in leaf.params if reads_tensor(pred, p.name))
     return MaskMod(pred, leaf.name, params, leaf.captures, leaf.fn)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sympy
 
-from ..ir.expr import SCORE, depends_on
+from ..ir.expr import SCORE, depends_on, reads_tensor
 from ..ir.kernel import KernelIR
 from ..ir.nodes import AndMask, MaskMod
 from .pipeline import compiler_pass
@@ -36,6 +36,6 @@ def extract_score_mask(ir: KernelIR) -> KernelIR:
     if split is None:
         return ir
     score, keep = split
-    params = tuple(p for p in ir.tensors if keep.has(sympy.IndexedBase(p.name)))
+    params = tuple(p for p in ir.tensors if reads_tensor(keep, p.name))
     leaf = MaskMod(keep, f"{ir.score_name or 'score'}_finite", params)
     return ir.replace(score=score, mask=leaf if ir.mask is None else AndMask(ir.mask, leaf))
