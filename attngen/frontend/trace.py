@@ -16,7 +16,7 @@ from typing import Any, Callable
 import sympy
 import torch
 
-from ..ir.expr import B, FloorDiv, is_boolean, reads_tensor, H, KV_IDX, Q_IDX, SCORE, check_tensor_name, tensor_read
+from ..ir.expr import B, FloorDiv, is_boolean, piecewise, reads_tensor, H, KV_IDX, Q_IDX, SCORE, check_tensor_name, tensor_read
 from ..ir.nodes import Mask, MaskMod, ScoreMod
 
 
@@ -81,7 +81,7 @@ def _to_sympy(x: Any, ctx: _Context, what: str) -> sympy.Basic:
 def _arith(e: sympy.Basic) -> sympy.Basic:
     """Booleans used in arithmetic count as 0/1, like torch's bool tensors."""
     if is_boolean(e):
-        return sympy.Piecewise((sympy.Integer(1), e), (sympy.Integer(0), True))
+        return piecewise((sympy.Integer(1), e), (sympy.Integer(0), sympy.true))
     return e
 
 
@@ -110,7 +110,7 @@ def _where(ctx: _Context, name: str, cond, a=None, b=None):
     if a is None or b is None:
         raise ctx.fail("torch.where needs three arguments (condition, input, other)")
     c = _boolean(_to_sympy(cond, ctx, name), ctx, name)
-    return sympy.Piecewise((_arith(_to_sympy(a, ctx, name)), c), (_arith(_to_sympy(b, ctx, name)), True))
+    return piecewise((_arith(_to_sympy(a, ctx, name)), c), (_arith(_to_sympy(b, ctx, name)), sympy.true))
 
 
 def _clamp(ctx: _Context, name: str, x, min=None, max=None):  # noqa: A002 - torch's names

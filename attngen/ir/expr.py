@@ -72,6 +72,15 @@ def is_boolean(e: sympy.Basic) -> bool:
     return isinstance(e, (Relational, BooleanFunction, BooleanAtom))
 
 
+def piecewise(*pieces: tuple[sympy.Basic, sympy.Basic]) -> sympy.Basic:
+    """``sympy.Piecewise``, falling back to an unevaluated one where sympy's argument
+    canonicalization recurses forever (seen with ``Eq(Mod(q_idx, 7) - 2*h, 2*b + 3*Mod(q_idx, 5))``)."""
+    try:
+        return sympy.Piecewise(*pieces)
+    except RecursionError:
+        return sympy.Piecewise(*pieces, evaluate=False)
+
+
 def tensor_read(name: str, indices: tuple[sympy.Expr, ...]) -> sympy.Indexed:
     """The IR node for ``name[indices]`` (a read of a runtime or captured tensor)."""
     return sympy.IndexedBase(name, real=True)[indices]

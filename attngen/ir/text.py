@@ -28,7 +28,7 @@ from typing import Callable
 import sympy
 from sympy.printing.str import StrPrinter
 
-from .expr import SYMBOLS, FloorDiv, is_boolean, tensor_read
+from .expr import SYMBOLS, FloorDiv, is_boolean, piecewise, tensor_read
 from .nodes import (CAPTURED, AndMask, Causal, Document, Linear, Mask, MaskMod, NotMask, OrMask, ScoreMod,
                     Sigmoid, SlidingWindow, Softmax, TensorParam, Variant)
 
@@ -237,7 +237,7 @@ class _ExprParser:
                 pieces.append((self.visit(arg.elts[0]), self.visit(arg.elts[1])))
             if not pieces or pieces[-1][1] is not sympy.true:
                 raise self.fail("Piecewise needs a final (value, True) branch")
-            return sympy.Piecewise(*pieces)
+            return piecewise(*pieces)
         if name not in _FUNCS:
             raise self.fail(f"unknown function '{name}'")
         fn, arity = _FUNCS[name]

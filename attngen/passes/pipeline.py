@@ -61,7 +61,14 @@ def run_passes(ir: KernelIR, after_each: Callable[[str, KernelIR], None] | None 
     if after_each is not None:
         after_each("input", ir)
     for p in pass_order():
-        ir = p.fn(ir).replace(passes=ir.passes + (p.name,))
+        try:
+            ir = p.fn(ir).replace(passes=ir.passes + (p.name,))
+        except RecursionError:  # sympy canonicalizing some conditions forever
+            from .normalization import UnsupportedVariant
+
+            raise UnsupportedVariant(
+                f"variant '{ir.name}': sympy cannot rewrite an expression of this variant (endless recursion "
+                f"in pass {p.name}); restate the condition, e.g. move terms to one side") from None
         if after_each is not None:
             after_each(p.name, ir)
     return ir

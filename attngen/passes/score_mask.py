@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sympy
 
-from ..ir.expr import SCORE, depends_on, reads_tensor
+from ..ir.expr import SCORE, depends_on, piecewise, reads_tensor
 from ..ir.kernel import KernelIR
 from ..ir.nodes import AndMask, MaskMod
 from .pipeline import compiler_pass
@@ -25,7 +25,7 @@ def split_neg_inf(expr: sympy.Basic) -> tuple[sympy.Basic, sympy.Basic] | None:
     if len(pieces) == 1:
         score = pieces[0].expr
     else:
-        score = sympy.Piecewise(*[(p.expr, p.cond) for p in pieces[:-1]], (pieces[-1].expr, True))
+        score = piecewise(*[(p.expr, p.cond) for p in pieces[:-1]], (pieces[-1].expr, sympy.true))
     return score, keep
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sympy
 
+from ..ir.expr import piecewise
 from ..ir.kernel import KernelIR
 from ..ir.nodes import AndMask, Mask, MaskMod, NotMask, OrMask
 from .pipeline import compiler_pass
@@ -14,10 +15,13 @@ def simplify_expr(expr: sympy.Basic) -> sympy.Basic:
     Full ``sympy.simplify`` is avoided on purpose: it is slow, and it rewrites ``Piecewise``
     into forms (Heaviside, ITE) that later passes and the code printer do not expect.
     """
-    expr = sympy.piecewise_fold(expr)
+    try:
+        expr = sympy.piecewise_fold(expr)
+    except RecursionError:  # sympy cannot canonicalize some conditions; keep them as written
+        return expr
     if isinstance(expr, sympy.Piecewise):
         pieces = [(sympy.powsimp(e), c) for e, c in expr.args]
-        return sympy.Piecewise(*pieces)
+        return piecewise(*pieces)
     return sympy.powsimp(expr)
 
 
