@@ -46,10 +46,8 @@ def pytest_report_header(config):
     return [f"attngen tests: device={_DEVICE}, ATTNGEN_CACHE_DIR={_CACHE_DIR}"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _session_cache_dir():
-    """The session's kernel cache; removed when the session ends."""
-    yield Path(_CACHE_DIR)
+def pytest_unconfigure(config):
+    """Remove the session's kernel cache (also after --collect-only or an interrupted run)."""
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
