@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from .expr import KV_IDX, Q_IDX
-from .nodes import (AndMask, Causal, Document, Mask, MaskMod, NotMask, OrMask, SlidingWindow, TensorParam,
-                    Variant)
+from .nodes import AndMask, Causal, Mask, NotMask, OrMask, SlidingWindow, TensorParam, Variant
 from .text import _mask_to_text, _unique_mask_names, expr_to_text, norm_to_text
 
 
@@ -141,4 +140,4 @@ def lower_geometry_leaf(mask: Mask) -> Mask:
     return mask
 
 
-__all__ = ["Band", "KernelIR", "DENSE", "BAND", "TILES", "lower_geometry_leaf", "mask_text", "Document", "MaskMod"]
+__all__ = ["Band", "KernelIR", "DENSE", "BAND", "TILES", "lower_geometry_leaf", "mask_text"]
