@@ -70,6 +70,28 @@ def _params_for(expr: sympy.Basic, captured: Mapping[str, object] | None) -> tup
     )
 
 
+class _TracedFunction:
+    """What ScoreMod and MaskMod share: built from a traced expression, callable like the
+    Python function they came from, and holding their captured tensors by identity."""
+
+    KIND = "function"
+
+    @classmethod
+    def build(cls, expr: sympy.Basic, name: str, captured: Mapping[str, object] | None = None,
+              fn: object = None):
+        expr = sympy.sympify(expr)
+        return cls(expr, name, _params_for(expr, captured), _captures(captured), fn)
+
+    def __call__(self, *args, **kwargs):
+        if self.fn is None:
+            raise TypeError(f"{self.KIND} '{self.name}' was loaded from text and has no Python body")
+        return self.fn(*args, **kwargs)
+
+    @property
+    def captured(self) -> dict[str, object]:
+        return {k: v.obj for k, v in self.captures}
+
+
 # --------------------------------------------------------------------------- masks
 class Mask:
     """Base of mask nodes; ``&``, ``|`` and ``~`` build trees."""
@@ -143,7 +165,7 @@ class Document(Mask):
 
 
 @dataclass(frozen=True)
-class MaskMod(Mask):
+class MaskMod(_TracedFunction, Mask):
     """A traced user predicate over ``b, h, q_idx, kv_idx`` and tensor reads."""
 
     pred: sympy.Basic
@@ -151,24 +173,10 @@ class MaskMod(Mask):
     params: tuple[TensorParam, ...] = ()
     captures: tuple = field(default=(), repr=False)
     fn: object = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def build(cls, pred: sympy.Basic, name: str, captured: Mapping[str, object] | None = None,
-              fn: object = None) -> "MaskMod":
-        pred = sympy.sympify(pred)
-        return cls(pred, name, _params_for(pred, captured), _captures(captured), fn)
-
-    def __call__(self, *args, **kwargs):
-        if self.fn is None:
-            raise TypeError(f"mask_mod '{self.name}' was loaded from text and has no Python body")
-        return self.fn(*args, **kwargs)
+    KIND = "mask_mod"
 
     def tensors(self) -> tuple[TensorParam, ...]:
         return self.params
-
-    @property
-    def captured(self) -> dict[str, object]:
-        return {k: v.obj for k, v in self.captures}
 
 
 @dataclass(frozen=True)
@@ -248,7 +256,7 @@ Norm = Softmax | Sigmoid | Linear
 
 # --------------------------------------------------------------------------- score
 @dataclass(frozen=True)
-class ScoreMod:
+class ScoreMod(_TracedFunction):
     """A traced score function: ``expr`` over ``score, b, h, q_idx, kv_idx`` and tensor reads."""
 
     expr: sympy.Basic
@@ -256,21 +264,7 @@ class ScoreMod:
     params: tuple[TensorParam, ...] = ()
     captures: tuple = field(default=(), repr=False)
     fn: object = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def build(cls, expr: sympy.Basic, name: str, captured: Mapping[str, object] | None = None,
-              fn: object = None) -> "ScoreMod":
-        expr = sympy.sympify(expr)
-        return cls(expr, name, _params_for(expr, captured), _captures(captured), fn)
-
-    def __call__(self, *args, **kwargs):
-        if self.fn is None:
-            raise TypeError(f"score_mod '{self.name}' was loaded from text and has no Python body")
-        return self.fn(*args, **kwargs)
-
-    @property
-    def captured(self) -> dict[str, object]:
-        return {k: v.obj for k, v in self.captures}
+    KIND = "score_mod"
 
 
 # --------------------------------------------------------------------------- variant
