@@ -13,6 +13,7 @@ adds bfloat16 and causal (four times as many).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import itertools
 import json
 import subprocess
@@ -51,14 +52,18 @@ def run_case(D: int, DV: int, dtype: str, cfg: tuple, mask: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="also bfloat16 and the causal mask")
+    parser.add_argument("--jobs", type=int, default=4, help="cases run at once (default 4)")
     args = parser.parse_args()
     dtypes = DTYPES if args.all else DTYPES[:1]
     masks = ["dense", "causal"] if args.all else ["dense"]
+    cases = [(D, DV, dtype, cfg, mask)
+             for (D, DV), dtype, cfg, mask in itertools.product(PAIRS, dtypes, CONFIGS, masks)]
     bad = 0
-    for (D, DV), dtype, cfg, mask in itertools.product(PAIRS, dtypes, CONFIGS, masks):
-        status = run_case(D, DV, dtype, cfg, mask)
-        bad += not status.startswith("ok")
-        print(f"D={D:<3} Dv={DV:<3} {dtype:<8} {mask:<6} config={cfg}: {status}", flush=True)
+    # each case is its own process anyway; running a few at once only shares the GPU
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for (D, DV, dtype, cfg, mask), status in zip(cases, pool.map(lambda c: run_case(*c), cases)):
+            bad += not status.startswith("ok")
+            print(f"D={D:<3} Dv={DV:<3} {dtype:<8} {mask:<6} config={cfg}: {status}", flush=True)
     print(f"{bad} bad cases")
     return 1 if bad else 0
 
