@@ -14,7 +14,7 @@ if "triton.language" not in _sys.modules and not _torch.cuda.is_available():
     _os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from .frontend.trace import TraceError, mask_mod, score_mod
-from .ir.nodes import (AndMask, Causal, Document, Linear, Mask, MaskMod, NotMask, OrMask, ScoreMod, Sigmoid,
+from .ir.nodes import (AndMask, Causal, Document, Linear, Mask, MaskMod, Neighborhood, NotMask, OrMask, ScoreMod, Sigmoid,
                        SlidingWindow, Softmax, TensorParam, Variant)
 from .ir.text import IRSyntaxError, load, loads
 
@@ -34,6 +34,17 @@ def sliding_window(left: int, right: int = 0) -> SlidingWindow:
 def document() -> Document:
     """Same-document mask over the runtime tensor ``document_ids`` of shape (B, L)."""
     return Document()
+
+
+def neighborhood(kernel_size: int | tuple[int, ...], dilation: int | tuple[int, ...] = 1,
+                 stride: int | tuple[int, ...] = 1, is_causal: bool | tuple[bool, ...] = False) -> Neighborhood:
+    """NATTEN's neighborhood attention over a grid given at call time (``spatial_shape=``).
+
+    Each argument is one value for every axis or a tuple per axis (rank 1-3); see
+    SEMANTICS.md for the per-axis window rule (borders shift the window inward, dilation
+    groups, stride groups, causal axes).
+    """
+    return Neighborhood(kernel_size, dilation, stride, is_causal)
 
 
 def softmax(sink: bool = False) -> Softmax:
@@ -57,13 +68,14 @@ def linear(feature_map: str = "elu1", decay: bool = False, normalize: bool = Tru
 
 from .compiler import compile, load_compiled  # noqa: E402,A001 - ag.compile is the public name
 from .passes import UnsupportedVariant  # noqa: E402
+from .natten import na1d, na2d, na3d  # noqa: E402
 from .reference import reference  # noqa: E402
 from .runtime.attention import CompiledAttention  # noqa: E402
 from .runtime.config import KernelConfig  # noqa: E402
 
 __all__ = [
     "AndMask", "Causal", "CompiledAttention", "Document", "IRSyntaxError", "KernelConfig", "Linear", "Mask",
-    "MaskMod", "NotMask", "OrMask", "ScoreMod", "Sigmoid", "SlidingWindow", "Softmax", "TensorParam", "TraceError",
+    "MaskMod", "Neighborhood", "NotMask", "OrMask", "ScoreMod", "Sigmoid", "SlidingWindow", "Softmax", "TensorParam", "TraceError",
     "UnsupportedVariant", "Variant", "__version__", "causal", "compile", "document", "linear", "load",
-    "load_compiled", "loads", "mask_mod", "reference", "score_mod", "sigmoid", "sliding_window", "softmax",
+    "load_compiled", "loads", "mask_mod", "na1d", "na2d", "na3d", "neighborhood", "reference", "score_mod", "sigmoid", "sliding_window", "softmax",
 ]

@@ -13,9 +13,9 @@ import sympy
 import torch
 
 from .ir.expr import B, FloorDiv, H, KV_IDX, LKV, LQ, Q_IDX, SCORE, exact_relation
-from .ir.nodes import (AndMask, Causal, Document, Linear, Mask, MaskMod, NotMask, OrMask, Sigmoid, SlidingWindow,
+from .ir.nodes import (AndMask, Causal, Document, Linear, Mask, MaskMod, Neighborhood, NotMask, OrMask, Sigmoid, SlidingWindow,
                        Softmax, Variant)
-from .runtime.validate import check_qkv, check_runtime_tensors, check_scale
+from .runtime.validate import resolve_spatial, check_qkv, check_runtime_tensors, check_scale
 
 
 @contextlib.contextmanager
@@ -124,6 +124,8 @@ def mask_matrix(mask: Mask | None, env: dict, tensors: dict[str, torch.Tensor]) 
         return doc[b, i] == doc[b, j]
     if isinstance(mask, MaskMod):
         return torch.as_tensor(evaluate(mask.pred, env, tensors))
+    if isinstance(mask, Neighborhood):
+        return neighborhood_matrix(mask, env[SPATIAL], i, j)
     if isinstance(mask, AndMask):
         return torch.as_tensor(mask_matrix(mask.a, env, tensors)) & torch.as_tensor(mask_matrix(mask.b, env, tensors))
     if isinstance(mask, OrMask):
@@ -131,6 +133,36 @@ def mask_matrix(mask: Mask | None, env: dict, tensors: dict[str, torch.Tensor]) 
     if isinstance(mask, NotMask):
         return ~torch.as_tensor(mask_matrix(mask.a, env, tensors))
     raise NotImplementedError(f"reference: mask node {type(mask).__name__} is not supported")
+
+
+SPATIAL = "spatial_shape"  # env key of the call's grid (neighborhood masks)
+
+
+def neighborhood_matrix(na: Neighborhood, shape: tuple[int, ...], i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """SEMANTICS.md's per-axis rule, AND over the axes of the row-major grid ``shape``."""
+    if shape is None:
+        raise ValueError("spatial_shape is required for neighborhood variants")
+    rank = len(shape)
+    keep = torch.ones((), dtype=torch.bool, device=i.device)
+    rest_i, rest_j = i, j
+    for axis in reversed(range(rank)):  # unravel row-major: last axis fastest
+        L = shape[axis]
+        x, y = rest_i % L, rest_j % L
+        rest_i, rest_j = rest_i // L, rest_j // L
+        k, d = na.per_axis("kernel_size", rank)[axis], na.per_axis("dilation", rank)[axis]
+        s, causal = na.per_axis("stride", rank)[axis], na.per_axis("is_causal", rank)[axis]
+        g, xg = x % d, x // d
+        Lg = (L - g + d - 1) // d
+        if causal:
+            leader = torch.minimum((xg // s) * s + s - 1, Lg - 1)
+            start = torch.clamp(leader - k + 1, min=0)
+            end = xg
+        else:
+            leader = torch.minimum((xg // s) * s + s // 2, Lg - 1)
+            start = torch.maximum(torch.minimum(leader - k // 2, Lg - k), torch.zeros_like(Lg))
+            end = start + k - 1
+        keep = keep & (y % d == g) & (y // d >= start) & (y // d <= end)
+    return keep
 
 
 def reference(variant: Variant) -> Callable:
@@ -141,8 +173,14 @@ def reference(variant: Variant) -> Callable:
     if not isinstance(variant, Variant):
         raise TypeError(f"reference: expected an ag.Variant, got {type(variant).__name__}")
 
-    def run(q, k, v, *, scale=None, return_lse=False, **tensors):
+    has_na = any(isinstance(m, Neighborhood) for m in (variant.mask.leaves() if variant.mask else ()))
+
+    def run(q, k, v, *, scale=None, return_lse=False, spatial_shape=None, **tensors):
         p = check_qkv(q, k, v)
+        if has_na:
+            resolve_spatial(variant.mask, spatial_shape, p)
+        elif spatial_shape is not None:
+            raise TypeError(f"spatial_shape is only taken by neighborhood variants; '{variant.label}' has none")
         sm_scale = check_scale(scale, p.D)
         bound = check_runtime_tensors(variant.tensors(), tensors, variant.captured(), p, variant.label)
         dev = q.device
@@ -157,6 +195,7 @@ def reference(variant: Variant) -> Callable:
             Q_IDX: torch.arange(p.Lq, device=dev).view(1, 1, -1, 1),
             KV_IDX: torch.arange(p.Lkv, device=dev).view(1, 1, 1, -1),
             LQ: p.Lq, LKV: p.Lkv, SCORE: s,
+            SPATIAL: tuple(spatial_shape) if isinstance(spatial_shape, (tuple, list)) else (spatial_shape,),
         }
         if variant.score is not None:
             s = torch.as_tensor(evaluate(variant.score.expr, env, bound), dtype=torch.float64, device=dev)

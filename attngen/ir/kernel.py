@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from .expr import KV_IDX, Q_IDX
-from .nodes import AndMask, Causal, Mask, NotMask, OrMask, SlidingWindow, TensorParam, Variant
+from .nodes import AndMask, Causal, Mask, Neighborhood, NotMask, OrMask, SlidingWindow, TensorParam, Variant
 from .text import _mask_to_text, _unique_mask_names, expr_to_text, norm_to_text
 
 
@@ -69,6 +69,7 @@ def mask_text(mask: Mask | None) -> str:
 DENSE = "dense"   # every tile; only the ragged last tile runs mask code
 BAND = "band"     # closed-form tile ranges from a Band; only the band's edge tiles run mask code
 TILES = "tiles"   # a generated classifier kernel lists full and partial tiles at run time
+NEIGHBORHOOD = "neighborhood"  # box tiles of the grid with closed-form per-axis KV ranges
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class KernelIR:
     # (pass) plan_mask_tiles
     strategy: str | None = None
     band: Band | None = None
+    neighborhood: Neighborhood | None = None      # its geometry; the rest of the mask is tile_pred
     tile_pred: sympy.Basic | None = None          # per-element predicate of partial tiles
     tile_depends: tuple[str, ...] = ()            # which of b, h the tile lists depend on
     # (pass) common_subexpressions: temporaries shared by score_log2 and tile_pred
@@ -115,7 +117,10 @@ class KernelIR:
             lines += [f"maskmod {n} = {expr_to_text(m.pred)}" for m, n in names.items()]
             lines.append(f"mask = {mask_text(self.mask)}")
         else:
-            lines.append(f"tiles = {self.strategy}" + (f" {self.band.text()}" if self.band is not None else "")
+            geometry = self.band.text() if self.band is not None else None
+            if self.neighborhood is not None:
+                geometry = _mask_to_text(self.neighborhood, {})
+            lines.append(f"tiles = {self.strategy}" + (f" {geometry}" if geometry else "")
                          + (f" per {', '.join(self.tile_depends)}" if self.tile_depends else ""))
         for sym, expr in self.temps:
             lines.append(f"let {sym} = {expr_to_text(expr)}")
@@ -140,4 +145,4 @@ def lower_geometry_leaf(mask: Mask) -> Mask:
     return mask
 
 
-__all__ = ["Band", "KernelIR", "DENSE", "BAND", "TILES", "lower_geometry_leaf", "mask_text"]
+__all__ = ["Band", "KernelIR", "DENSE", "BAND", "TILES", "NEIGHBORHOOD", "lower_geometry_leaf", "mask_text"]

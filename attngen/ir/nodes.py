@@ -164,6 +164,72 @@ class Document(Mask):
         return (TensorParam("document_ids", 2),)
 
 
+def _axis_values(name: str, value: object, kind: type) -> int | bool | tuple:
+    """An int/bool or a tuple of 1-3 of them (one per spatial axis), checked."""
+    def ok(x: object) -> bool:
+        return isinstance(x, bool) if kind is bool else (isinstance(x, int) and not isinstance(x, bool))
+
+    if isinstance(value, (tuple, list)):
+        value = tuple(value)
+        if not 1 <= len(value) <= 3 or not all(ok(x) for x in value):
+            raise TypeError(f"neighborhood: {name} must be {'a bool' if kind is bool else 'an int'} or a tuple "
+                            f"of 1 to 3 of them (one per axis), got {value!r}")
+        return value
+    if not ok(value):
+        raise TypeError(f"neighborhood: {name} must be {'a bool' if kind is bool else 'an int'} or a tuple "
+                        f"of 1 to 3 of them (one per axis), got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Neighborhood(Mask):
+    """NATTEN's neighborhood over a row-major grid of ``spatial_shape`` (given at call time).
+
+    Each field is one value for every axis or a tuple with one per axis; tuples fix the
+    rank, all-scalar geometry takes its rank from ``spatial_shape``. Per axis: window
+    ``kernel_size``, ``dilation`` (attend within the same residue class), ``stride`` (that
+    many consecutive queries share one window) and ``is_causal`` (keys up to the query).
+    """
+
+    kernel_size: int | tuple[int, ...]
+    dilation: int | tuple[int, ...] = 1
+    stride: int | tuple[int, ...] = 1
+    is_causal: bool | tuple[bool, ...] = False
+
+    def __post_init__(self) -> None:
+        fields = {"kernel_size": int, "dilation": int, "stride": int, "is_causal": bool}
+        for name, kind in fields.items():
+            object.__setattr__(self, name, _axis_values(name, getattr(self, name), kind))
+        ranks = {len(getattr(self, n)) for n in fields if isinstance(getattr(self, n), tuple)}
+        if len(ranks) > 1:
+            raise ValueError(f"neighborhood: per-axis tuples disagree on the rank ({sorted(ranks)} axes)")
+        for name in ("kernel_size", "dilation", "stride"):
+            for axis, val in enumerate(self.per_axis(name, self.rank or 1)):
+                if val < 1:
+                    raise ValueError(f"neighborhood: {name} must be >= 1 on every axis, got {val} on axis {axis}")
+        for axis, (k, s) in enumerate(zip(self.per_axis("kernel_size", self.rank or 1),
+                                          self.per_axis("stride", self.rank or 1))):
+            if s > k:
+                raise ValueError(f"neighborhood: stride ({s}) must not exceed kernel_size ({k}) on axis {axis}")
+
+    @property
+    def rank(self) -> int | None:
+        """The number of spatial axes, or None when every field is one value for all axes."""
+        for name in ("kernel_size", "dilation", "stride", "is_causal"):
+            val = getattr(self, name)
+            if isinstance(val, tuple):
+                return len(val)
+        return None
+
+    def per_axis(self, name: str, rank: int) -> tuple:
+        """Field ``name`` as a tuple of ``rank`` values."""
+        val = getattr(self, name)
+        return val if isinstance(val, tuple) else (val,) * rank
+
+    def tensors(self) -> tuple[TensorParam, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
 class MaskMod(_TracedFunction, Mask):
     """A traced user predicate over ``b, h, q_idx, kv_idx`` and tensor reads."""

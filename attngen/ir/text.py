@@ -29,7 +29,7 @@ import sympy
 from sympy.printing.str import StrPrinter
 
 from .expr import SYMBOLS, FloorDiv, is_boolean, piecewise, tensor_read
-from .nodes import (CAPTURED, AndMask, Causal, Document, Linear, Mask, MaskMod, NotMask, OrMask, ScoreMod,
+from .nodes import (CAPTURED, AndMask, Causal, Document, Neighborhood, Linear, Mask, MaskMod, NotMask, OrMask, ScoreMod,
                     Sigmoid, SlidingWindow, Softmax, TensorParam, Variant)
 
 FORMAT_VERSION = 1
@@ -62,6 +62,9 @@ def _mask_to_text(mask: Mask, names: dict[MaskMod, str]) -> str:
         return f"sliding_window(left={mask.left}, right={mask.right})"
     if isinstance(mask, Document):
         return "document()"
+    if isinstance(mask, Neighborhood):
+        return (f"neighborhood(kernel_size={mask.kernel_size!r}, dilation={mask.dilation!r}, "
+                f"stride={mask.stride!r}, is_causal={mask.is_causal!r})")
     if isinstance(mask, MaskMod):
         return names[mask]
     if isinstance(mask, AndMask):
@@ -137,7 +140,7 @@ _FUNCS: dict[str, tuple[Callable, int | None]] = {
     "FloorDiv": (FloorDiv, 2), "Xor": (sympy.Xor, None),
 }
 _CONSTANTS = {"oo": sympy.oo, "True": sympy.true, "False": sympy.false, "pi": sympy.pi, "E": sympy.E}
-_MASK_CALLS = {"causal", "sliding_window", "document"}
+_MASK_CALLS = {"causal", "sliding_window", "document", "neighborhood"}
 
 
 class _ExprParser:
@@ -302,6 +305,15 @@ def _parse_mask(text: str, mods: dict[str, MaskMod], where: str) -> Mask:
             if name == "document":
                 _literal_kwargs(node, where, {})
                 return Document()
+            if name == "neighborhood":
+                kw = _literal_kwargs(node, where, {"kernel_size": (int, tuple), "dilation": (int, tuple),
+                                                   "stride": (int, tuple), "is_causal": (bool, tuple)})
+                if "kernel_size" not in kw:
+                    raise IRSyntaxError(f"{where}: neighborhood needs kernel_size=")
+                try:
+                    return Neighborhood(**kw)
+                except (TypeError, ValueError) as exc:
+                    raise IRSyntaxError(f"{where}: {exc}") from None
         raise IRSyntaxError(f"{where}: '{ast.unparse(node)}' is not a mask")
 
     return visit(tree)

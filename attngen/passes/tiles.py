@@ -9,14 +9,20 @@
   run time and writes compact per-query-tile index lists; the attention kernel walks the
   lists. The lists depend on (b, h) only where the predicate does, and are cached per shape
   and per runtime-tensor identity and version.
+- a neighborhood, alone or under ``&``: ``neighborhood``. Query and KV tiles are boxes of
+  the grid; the kernel derives each query box's KV boxes per axis in closed form from the
+  geometry and the call's spatial shape (runtime/neighborhood.py), interior boxes run
+  without mask code, and the other ``&`` operands become the element-wise ``tile_pred``
+  applied to every visited tile.
 """
 from __future__ import annotations
 
 import sympy
 
 from ..ir.expr import B, H, KV_IDX, Q_IDX, tensor_read
-from ..ir.kernel import BAND, DENSE, TILES, Band, KernelIR
-from ..ir.nodes import AndMask, Document, Mask, MaskMod, NotMask, OrMask
+from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, Band, KernelIR
+from ..ir.nodes import AndMask, Document, Mask, MaskMod, Neighborhood, NotMask, OrMask
+from .normalization import UnsupportedVariant
 from .pipeline import compiler_pass
 
 
@@ -37,10 +43,41 @@ def mask_predicate(mask: Mask) -> sympy.Basic:
     raise TypeError(f"mask node {type(mask).__name__} has no element-wise predicate")
 
 
+def _conjuncts(mask: Mask) -> list[Mask]:
+    if isinstance(mask, AndMask):
+        return _conjuncts(mask.a) + _conjuncts(mask.b)
+    return [mask]
+
+
+def _split_neighborhood(mask: Mask) -> tuple[Neighborhood, Mask | None] | None:
+    """``(neighborhood, rest)`` when the mask is one neighborhood ``&`` other masks."""
+    if not any(isinstance(leaf, Neighborhood) for leaf in mask.leaves()):
+        return None
+    parts = _conjuncts(mask)
+    found = [p for p in parts if isinstance(p, Neighborhood)]
+    nested = [p for p in parts if not isinstance(p, Neighborhood)
+              and any(isinstance(leaf, Neighborhood) for leaf in p.leaves())]
+    if nested or len(found) != 1:
+        raise UnsupportedVariant(
+            "plan_mask_tiles: a neighborhood mask composes with other masks through '&' only, once per "
+            "variant; '|', '~' or two neighborhoods are not supported in this version")
+    rest = [p for p in parts if p is not found[0]]
+    out = rest[0] if rest else None
+    for p in rest[1:]:
+        out = AndMask(out, p)
+    return found[0], out
+
+
 @compiler_pass(requires=("geometry",), provides=("tile_plan",))
 def plan_mask_tiles(ir: KernelIR) -> KernelIR:
-    """Choose dense / closed-form band ranges / run-time tile lists for the mask."""
+    """Choose dense / closed-form band ranges / run-time tile lists / neighborhood boxes."""
     mask = ir.mask
+    split = _split_neighborhood(mask) if mask is not None else None
+    if split is not None:
+        na, rest = split
+        pred = mask_predicate(rest) if rest is not None else None
+        return ir.replace(strategy=NEIGHBORHOOD, neighborhood=na, mask=rest,
+                          tile_pred=None if pred == sympy.true else pred)
     if mask is None or (isinstance(mask, Band) and mask.lo is None and mask.hi is None):
         return ir.replace(strategy=DENSE, mask=None)
     if isinstance(mask, Band):

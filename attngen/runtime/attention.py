@@ -9,12 +9,13 @@ import sympy
 import torch
 import triton
 
-from ..ir.kernel import DENSE, TILES, KernelIR
+from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from .config import KernelConfig, choose_config
 from .loader import interpreter_active, load_module
+from .neighborhood import plan as plan_neighborhood
 from .tiles import TileCache
-from .validate import Problem, check_qkv, check_runtime_tensors, check_scale
+from .validate import Problem, check_qkv, check_out, check_runtime_tensors, check_scale, resolve_spatial
 
 
 def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:
@@ -75,23 +76,40 @@ class CompiledAttention:
                              "before importing triton (attngen does so itself when no GPU is present)")
         return load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
 
-    def prepare(self, q, k, v, scale=None, **tensors) -> tuple[Problem, float, dict[str, torch.Tensor]]:
-        """Validate a call's inputs; returns the problem sizes, the scale and every tensor."""
+    def prepare(self, q, k, v, scale=None, spatial_shape=None, **tensors):
+        """Validate a call's inputs; returns the problem sizes, the scale, every tensor and
+        the neighborhood's axes at ``spatial_shape`` (None without a neighborhood)."""
         p = check_qkv(q, k, v)
         sm_scale = check_scale(scale, p.D)
         bound = check_runtime_tensors(self.variant.tensors(), tensors, self.variant.captured(), p, self.ir.name)
-        return p, sm_scale, bound
+        axes = None
+        if self.ir.strategy == NEIGHBORHOOD:
+            axes = resolve_spatial(self.variant.mask, spatial_shape, p)[0]
+        elif spatial_shape is not None:
+            raise TypeError(f"spatial_shape is only taken by neighborhood variants; '{self.ir.name}' has none")
+        return p, sm_scale, bound, axes
 
-    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig):
-        """The classifier's full/partial tile lists for this call (cached), or None."""
+    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None):
+        """What the kernel walks besides the KV range: the classifier's full/partial tile
+        lists (cached), the neighborhood's box plan, or None."""
+        if self.ir.strategy == NEIGHBORHOOD:
+            return plan_neighborhood(axes, config.block_m, config.block_n)
         if self.ir.strategy != TILES:
             return None
         mask_tensors = {n: t for n, t in bound.items() if n in self._mask_tensors}
         return self._tiles.get(self.module(p.device), mask_tensors, p.B, p.HQ, p.Lq, p.Lkv, config, p.device)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
-                 return_lse: bool = False, config: KernelConfig | None = None, **tensors: torch.Tensor):
-        p, sm_scale, bound = self.prepare(q, k, v, scale, **tensors)
+                 return_lse: bool = False, config: KernelConfig | None = None,
+                 spatial_shape: tuple[int, ...] | None = None, out: torch.Tensor | None = None,
+                 **tensors: torch.Tensor):
+        """Attention over q (B, Hq, Lq, D), k (B, Hkv, Lkv, D), v (B, Hkv, Lkv, Dv).
+
+        ``spatial_shape``: the grid of a neighborhood variant. ``out``: where to write the
+        output (B, Hq, Lq, Dv), any strides (``ag.na2d`` passes a view of NATTEN's layout).
+        ``config``: a fixed launch configuration instead of the heuristic.
+        """
+        p, sm_scale, bound, axes = self.prepare(q, k, v, scale, spatial_shape, **tensors)
         if not isinstance(return_lse, bool):
             raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
         if config is not None and not isinstance(config, KernelConfig):
@@ -101,7 +119,10 @@ class CompiledAttention:
                 f"variant '{self.ir.name}': gradients are not available yet (the backward kernels are "
                 "not built in this version); run under torch.no_grad() or detach the inputs")
         module = self.module(p.device)
-        out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
+        if out is None:
+            out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
+        else:
+            check_out(out, p)
         lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
         if os.environ.get("ATTNGEN_POISON_OUTPUTS", "0") not in ("", "0"):
             # Debugging/testing aid: any element the kernel fails to write stays NaN.
@@ -110,10 +131,11 @@ class CompiledAttention:
         guard = torch.cuda.device(p.device) if p.device.type == "cuda" else contextlib.nullcontext()
         with guard:
             if config is not None:  # the caller's choice: no fallback
-                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config), config)
+                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config, axes),
+                                      config)
                 self.last_config = config
             else:
-                self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound)
+                self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes)
         return (out, lse) if return_lse else out
 
     def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int, Lkv: int) -> KernelConfig:
@@ -121,14 +143,15 @@ class CompiledAttention:
         return choose_config(torch.device(device), dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
                              masked=self.ir.strategy != DENSE)
 
-    def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound) -> KernelConfig:
+    def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound, axes) -> KernelConfig:
         """Launch with the heuristic config, stepping down while it does not fit the GPU
         (shared memory, registers); the config that fits is remembered for this problem class."""
         cls = (p.device, p.dtype, p.D, p.DV)
         config = self._fitted.get(cls) or self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv)
         while True:
             try:
-                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config), config)
+                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config, axes),
+                                      config)
             except triton.runtime.errors.OutOfResources as exc:
                 smaller = config.smaller()
                 if smaller is None:

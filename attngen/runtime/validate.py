@@ -118,3 +118,26 @@ def check_runtime_tensors(params: tuple[TensorParam, ...], given: Mapping[str, o
         if tuple(doc.shape) != (p.B, p.Lq):
             raise ValueError(f"document_ids must have shape (B, L) = ({p.B}, {p.Lq}), got {tuple(doc.shape)}")
     return out
+
+
+def resolve_spatial(mask, spatial_shape: object, p: Problem):
+    """The neighborhood of ``mask`` resolved at ``spatial_shape`` (three axes), checked."""
+    from ..ir.nodes import Neighborhood
+    from .neighborhood import resolve_axes
+
+    found = [m for m in mask.leaves() if isinstance(m, Neighborhood)]
+    if spatial_shape is None:
+        raise TypeError("spatial_shape is required for neighborhood variants, e.g. spatial_shape=(H, W)")
+    if p.Lq != p.Lkv:
+        raise ValueError(f"neighborhood attention needs Lq == Lkv, got Lq={p.Lq}, Lkv={p.Lkv}")
+    return [resolve_axes(na, spatial_shape, p.Lq) for na in found]
+
+
+def check_out(out: object, p: Problem) -> torch.Tensor:
+    """A caller-provided output tensor: (B, Hq, Lq, Dv), q's dtype and device."""
+    out = _tensor(out, "out")
+    if tuple(out.shape) != (p.B, p.HQ, p.Lq, p.DV):
+        raise ValueError(f"out must have shape (B, Hq, Lq, Dv) = {(p.B, p.HQ, p.Lq, p.DV)}, got {tuple(out.shape)}")
+    if out.dtype != p.dtype or out.device != p.device:
+        raise TypeError(f"out must be {p.dtype} on {p.device}, got {out.dtype} on {out.device}")
+    return out

@@ -1,0 +1,203 @@
+"""Neighborhood geometry at a call's spatial shape: checks, box tiles and the tile plan.
+
+A neighborhood kernel works on three axes; lower-rank grids get leading axes of size 1
+(kernel 1), which the kernel's arithmetic folds away. Query and KV tiles are boxes of the
+grid inside one dilation group per axis, so a key tile only holds keys the query tile's
+residue class can attend.
+
+Per axis, with positions counted inside a dilation group (x' = x div d), the windows are
+monotone in the query position, so the keys some query of a tile [x0, x1] attends are
+[lo(x0), hi(x1)] and the keys every query attends are [lo(x1), hi(x0)]. KV tiles start at
+lo(x0) (not at a multiple of the tile, which would waste a partial tile per axis), so a
+tile is full on an axis when it lies inside [lo(x1), hi(x0)]. A KV box is full when it is
+full on every axis. Everything factorizes over axes, which is why the planner, the
+generated kernel and ``attngen explain`` can all count tiles without a mask of any size.
+The kernel template (templates/attention_fwd.py.j2, ``_na_window``) computes the same
+windows; tests/test_neighborhood.py checks both against a brute-force mask.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+from ..ir.nodes import Neighborhood
+
+RANK = 3  # axes in the generated kernel; lower ranks are padded in front
+MASK_COST = 0.3  # extra cost of a partial tile over a full one (element-wise mask code)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One spatial axis: its length and the neighborhood's geometry on it."""
+
+    size: int
+    kernel: int = 1
+    dilation: int = 1
+    stride: int = 1
+    causal: bool = False
+
+    def group_length(self, g: int) -> int:
+        """Positions in dilation group ``g`` (x = x' * dilation + g)."""
+        return -(-(self.size - g) // self.dilation)
+
+    def window(self, x: int, length: int) -> tuple[int, int]:
+        """Keys [lo, hi] (group positions) of query ``x`` in a group of ``length`` positions."""
+        k, s = self.kernel, self.stride
+        if self.causal:
+            leader = min((x // s) * s + s - 1, length - 1)
+            return max(leader - k + 1, 0), x
+        leader = min((x // s) * s + s // 2, length - 1)
+        lo = min(max(leader - k // 2, 0), length - k)
+        return lo, lo + k - 1
+
+
+def resolve_axes(na: Neighborhood, spatial_shape: object, L: int) -> tuple[Axis, ...]:
+    """The neighborhood on ``spatial_shape`` as three axes; ValueError names what does not fit."""
+    if isinstance(spatial_shape, int) and not isinstance(spatial_shape, bool):
+        spatial_shape = (spatial_shape,)
+    if (not isinstance(spatial_shape, (tuple, list)) or not 1 <= len(spatial_shape) <= RANK
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in spatial_shape)):
+        raise TypeError(f"spatial_shape must be a tuple of 1 to 3 ints, got {spatial_shape!r}")
+    shape = tuple(spatial_shape)
+    rank = len(shape)
+    if na.rank is not None and na.rank != rank:
+        raise ValueError(f"spatial_shape {shape} has {rank} axes but the neighborhood is {na.rank}-D "
+                         f"(kernel_size={na.kernel_size!r})")
+    for axis, size in enumerate(shape):
+        if size < 1:
+            raise ValueError(f"spatial_shape axis {axis} must be >= 1, got {size}")
+    if math.prod(shape) != L:
+        raise ValueError(f"spatial_shape {shape} has {math.prod(shape)} positions but the sequence has "
+                         f"{L}; prod(spatial_shape) must equal Lq == Lkv")
+    axes = []
+    for axis, (size, k, d, s, c) in enumerate(zip(shape, na.per_axis("kernel_size", rank),
+                                                  na.per_axis("dilation", rank), na.per_axis("stride", rank),
+                                                  na.per_axis("is_causal", rank))):
+        if k * d > size:
+            raise ValueError(f"neighborhood does not fit spatial_shape axis {axis}: kernel_size {k} x dilation "
+                             f"{d} = {k * d} > {size}")
+        if s > k:
+            raise ValueError(f"neighborhood: stride {s} > kernel_size {k} on axis {axis}")
+        axes.append(Axis(size, k, d, s, c))
+    return (Axis(1),) * (RANK - rank) + tuple(axes)
+
+
+@dataclass(frozen=True)
+class AxisTiles:
+    """Per-axis totals over every query tile of one axis (sums factorize over axes)."""
+
+    query_tiles: int      # query tiles along this axis (all dilation groups)
+    kv_tiles: int         # sum over query tiles of the KV tiles visited
+    full_tiles: int       # ... of which full on this axis
+    attended: int         # sum over positions of the window size (keys attended)
+
+    def entries(self, tm: int, tn: int) -> tuple[int, int]:
+        """(visited, full) query-key pairs along this axis, padding included."""
+        return self.kv_tiles * tm * tn, self.full_tiles * tm * tn
+
+
+@functools.lru_cache(maxsize=4096)
+def axis_tiles(axis: Axis, tm: int, tn: int) -> AxisTiles:
+    """Walk the query tiles of one axis as the kernel does and count its KV tiles."""
+    per_group = -(-(-(-axis.size // axis.dilation)) // tm)
+    kv = full = attended = 0
+    for g in range(axis.dilation):
+        length = axis.group_length(g)
+        for x in range(length):
+            lo, hi = axis.window(x, length)
+            attended += hi - lo + 1
+        for t in range(per_group):
+            x0 = t * tm
+            if x0 >= length:
+                continue
+            x1 = min(x0 + tm, length) - 1
+            (lo0, hi0), (lo1, hi1) = axis.window(x0, length), axis.window(x1, length)
+            n = -(-(hi1 - lo0 + 1) // tn)
+            f_lo = min(-(-(lo1 - lo0) // tn), n)
+            f_hi = max(min((hi0 - lo0 + 1) // tn, n), f_lo)
+            kv += n
+            full += f_hi - f_lo
+    return AxisTiles(per_group * axis.dilation, kv, full, attended)
+
+
+def _boxes(block: int) -> list[tuple[int, int, int]]:
+    p = block.bit_length() - 1
+    return [(1 << a, 1 << b, 1 << (p - a - b)) for a in range(p + 1) for b in range(p + 1 - a)]
+
+
+@dataclass(frozen=True)
+class NeighborhoodPlan:
+    """How one call tiles the grid: three axes, the query and KV boxes, and the totals."""
+
+    axes: tuple[Axis, ...]
+    q_box: tuple[int, int, int]
+    kv_box: tuple[int, int, int]
+
+    @property
+    def per_axis(self) -> list[AxisTiles]:
+        return [axis_tiles(a, tm, tn) for a, tm, tn in zip(self.axes, self.q_box, self.kv_box)]
+
+    @property
+    def programs(self) -> int:
+        """Query tiles: the first grid dimension of the launch."""
+        return math.prod(t.query_tiles for t in self.per_axis)
+
+    @property
+    def has_partial(self) -> bool:
+        """Whether any KV tile needs mask code (False: perfectly block sparse)."""
+        return any(t.kv_tiles != t.full_tiles for t in self.per_axis)
+
+    def counts(self) -> dict[str, int]:
+        """Tile and entry totals for one (batch, head): what ``attngen explain`` prints."""
+        per_axis = self.per_axis
+        L = math.prod(a.size for a in self.axes)
+        return {
+            "L": L,
+            "attended": math.prod(t.attended for t in per_axis),
+            "query_tiles": math.prod(t.query_tiles for t in per_axis),
+            "visited_tiles": math.prod(t.kv_tiles for t in per_axis),
+            "full_tiles": math.prod(t.full_tiles for t in per_axis),
+            "visited_entries": math.prod(t.kv_tiles * tm * tn
+                                         for t, tm, tn in zip(per_axis, self.q_box, self.kv_box)),
+        }
+
+    def constexprs(self) -> dict[str, object]:
+        """The kernel's compile-time geometry and tile boxes."""
+        out: dict[str, object] = {}
+        for i, (a, tm, tn) in enumerate(zip(self.axes, self.q_box, self.kv_box)):
+            out.update({f"K{i}": a.kernel, f"DIL{i}": a.dilation, f"STR{i}": a.stride, f"CAUSAL{i}": a.causal,
+                        f"TM{i}": tm, f"TN{i}": tn})
+        out["HAS_PARTIAL"] = self.has_partial
+        # leading axes of size 1 need no window test (only one position, always inside)
+        out["FIRST_AXIS"] = next((i for i, a in enumerate(self.axes) if a.size > 1), RANK - 1)
+        return out
+
+    def sizes(self) -> tuple[int, int, int]:
+        return tuple(a.size for a in self.axes)  # type: ignore[return-value]
+
+
+def _cost(axes: tuple[Axis, ...], q_box: tuple, kv_box: tuple) -> float:
+    visited = full = 1
+    for a, tm, tn in zip(axes, q_box, kv_box):
+        v, f = axis_tiles(a, tm, tn).entries(tm, tn)
+        visited, full = visited * v, full * f
+    return visited + MASK_COST * (visited - full)
+
+
+@functools.lru_cache(maxsize=256)
+def plan(axes: tuple[Axis, ...], block_m: int, block_n: int,
+         q_box: tuple[int, int, int] | None = None, kv_box: tuple[int, int, int] | None = None) -> NeighborhoodPlan:
+    """The query and KV boxes (products ``block_m`` and ``block_n``) that visit the fewest
+    entries, partial tiles weighted by their mask code; given boxes are checked instead."""
+    for name, box, block in (("q_box", q_box, block_m), ("kv_box", kv_box, block_n)):
+        if box is not None and (len(box) != RANK or math.prod(box) != block):
+            raise ValueError(f"{name} {box} must have {RANK} entries with product {block}")
+    q_options = [q_box] if q_box else _boxes(block_m)
+    kv_options = [kv_box] if kv_box else _boxes(block_n)
+    best = min(itertools.product(q_options, kv_options), key=lambda qk: (_cost(axes, *qk), qk))
+    return NeighborhoodPlan(axes, *best)
+
+
+__all__ = ["Axis", "AxisTiles", "NeighborhoodPlan", "RANK", "axis_tiles", "plan", "resolve_axes"]
