@@ -138,16 +138,38 @@ class CompiledAttention:
                 self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes)
         return (out, lse) if return_lse else out
 
-    def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int, Lkv: int) -> KernelConfig:
-        """The launch configuration the heuristic picks for this kernel at these sizes."""
-        return choose_config(torch.device(device), dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
+    def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int, Lkv: int,
+                   spatial_shape: tuple[int, ...] | None = None) -> KernelConfig:
+        """The launch configuration the heuristic picks for this kernel at these sizes
+        (neighborhood variants: at ``spatial_shape``)."""
+        device = torch.device(device)
+        if self.ir.strategy == NEIGHBORHOOD:
+            if spatial_shape is None:
+                raise TypeError("config_for: spatial_shape is required for neighborhood variants")
+            probe = Problem(1, 1, 1, Lq, Lkv, D, DV, dtype, device)
+            return self._neighborhood_config(probe, resolve_spatial(self.variant.mask, spatial_shape, probe)[0])
+        return choose_config(device, dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
                              masked=self.ir.strategy != DENSE)
+
+    def _neighborhood_config(self, p: Problem, axes) -> KernelConfig:
+        # Block-sparse boxes and 1-D windows have no ragged window edges inside a tile row,
+        # so they run best with the dense kernel's large tiles (H100, benchmarks/NOTES.md);
+        # 2-D/3-D windows waste less on their edges with 64 x 64 tiles.
+        dense = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads)
+        masked = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads, masked=True)
+        one_axis = sum(a.size > 1 for a in axes) <= 1
+        if dense != masked and (one_axis or not plan_neighborhood(axes, dense.block_m, dense.block_n).has_partial):
+            return dense
+        return masked
 
     def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound, axes) -> KernelConfig:
         """Launch with the heuristic config, stepping down while it does not fit the GPU
         (shared memory, registers); the config that fits is remembered for this problem class."""
-        cls = (p.device, p.dtype, p.D, p.DV)
-        config = self._fitted.get(cls) or self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv)
+        cls = (p.device, p.dtype, p.D, p.DV, axes)
+        config = self._fitted.get(cls)
+        if config is None:
+            config = (self._neighborhood_config(p, axes) if axes is not None
+                      else self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv))
         while True:
             try:
                 module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config, axes),
