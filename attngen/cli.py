@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -22,6 +23,11 @@ examples:
   attngen compile alibi -o out/          # writes out/alibi.py, out/alibi.ir, out/test_alibi.py
   attngen compile examples/quickstart.py:variant --print-after-all
   attngen explain sliding_window --shape 8192
+"""
+
+
+EXPLAIN_EPILOG = EPILOG + """  attngen explain my_na.ir --shape 128x128                  # a neighborhood mask on a 128x128 grid
+  attngen explain my_na.ir --shape 128x128 --q-box 8x16 --kv-box 8x8
 """
 
 
@@ -100,24 +106,64 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shape(text: str) -> tuple[int, int]:
+def _shape(text: str) -> tuple[int, ...]:
     try:
-        parts = [int(p) for p in text.replace("x", ",").split(",")]
+        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape wants L or Lq,Lkv (integers), got '{text}'") from None
-    if len(parts) not in (1, 2) or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"--shape wants L or Lq,Lkv (positive integers), got '{text}'")
-    return parts[0], parts[-1]
+        raise argparse.ArgumentTypeError(f"--shape wants L or Lq,Lkv, or a spatial shape X[xY[xZ]] for "
+                                         f"neighborhood masks (integers), got '{text}'") from None
+    if not 1 <= len(parts) <= 3 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"--shape wants L or Lq,Lkv, or a spatial shape X[xY[xZ]] for "
+                                         f"neighborhood masks (positive integers), got '{text}'")
+    return parts
+
+
+def _box(text: str) -> tuple[int, ...]:
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        parts = ()
+    if not 1 <= len(parts) <= 3 or min(parts) <= 0 or any(p & (p - 1) for p in parts):
+        raise argparse.ArgumentTypeError(f"a tile box is 1 to 3 powers of two, one per axis (e.g. 8x16), "
+                                         f"got '{text}'")
+    return parts
+
+
+def _dims(parts: tuple[int, ...]) -> str:
+    return "x".join(map(str, parts))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain
+    from .explain import explain, explain_neighborhood, split_neighborhood
+    from .runtime.neighborhood import resolve_axes
 
     variant = load_spec(args.spec)
-    lq, lkv = args.shape
+    na, _ = split_neighborhood(variant.mask)
+    if na is not None:
+        shape = args.shape
+        try:
+            resolve_axes(na, shape, math.prod(shape))
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"--shape {_dims(shape)}: {exc}") from None
+        for flag, box in (("--q-box", args.q_box), ("--kv-box", args.kv_box)):
+            if box is not None and len(box) != len(shape):
+                raise CLIError(f"{flag} {_dims(box)} has {len(box)} axes but --shape {_dims(shape)} has {len(shape)}")
+        report = explain_neighborhood(variant, shape, args.block_m, args.block_n, args.q_box, args.kv_box,
+                                      args.batch, args.heads)
+        print(f"{variant.label}: neighborhood variant")
+        print("\n".join("  " + line for line in report.lines()))
+        return 0
+    if args.q_box is not None or args.kv_box is not None:
+        raise CLIError("--q-box and --kv-box are for neighborhood masks only; use --block-m/--block-n")
+    if len(args.shape) > 2:
+        raise CLIError(f"--shape {_dims(args.shape)}: '{variant.label}' has no neighborhood mask, so --shape is "
+                       f"L or Lq,Lkv")
+    lq, lkv = args.shape[0], args.shape[-1]
     if lq * lkv > 1 << 30:
         raise CLIError(f"--shape {lq}x{lkv} is too large to evaluate element-wise here (max 2^30 entries)")
-    report = explain(variant, lq, lkv, args.block_m, args.block_n, args.batch, args.heads)
+    block_m = 128 if args.block_m is None else args.block_m
+    block_n = 128 if args.block_n is None else args.block_n
+    report = explain(variant, lq, lkv, block_m, block_n, args.batch, args.heads)
     print(f"{variant.label}: {variant.mask is not None and 'masked' or 'dense'} variant")
     print("\n".join("  " + line for line in report.lines()))
     return 0
@@ -147,14 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_list)
 
     p = sub.add_parser("explain", help="tiles visited, density and speed-of-light bound at a shape",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPLAIN_EPILOG,
                        description="Evaluate SPEC's mask at a shape and report density, query/KV tiles visited, "
                                    "the masked fraction of visited tiles and the bound over dense attention "
-                                   "(1/density) next to the tile-level bound. Runtime tensors are synthesized.")
+                                   "(1/density) next to the tile-level bound. Runtime tensors are synthesized. "
+                                   "For neighborhood masks, --shape is the spatial grid and the counts come from "
+                                   "the runtime's tile plan (query and KV tiles are boxes of the grid).")
     p.add_argument("spec", metavar="SPEC", help="file.py:NAME, an IR file, or a built-in name")
-    p.add_argument("--shape", type=_shape, required=True, metavar="L[,Lkv]", help="sequence length(s)")
-    p.add_argument("--block-m", type=int, default=128, help="query tile size (default 128)")
-    p.add_argument("--block-n", type=int, default=128, help="KV tile size (default 128)")
+    p.add_argument("--shape", type=_shape, required=True, metavar="SHAPE",
+                   help="L or Lq,Lkv (sequence lengths); for neighborhood masks the spatial shape X[xY[xZ]] "
+                        "(128x128 or 128,128)")
+    p.add_argument("--block-m", type=int, default=None,
+                   help="query tile size (default 128; for neighborhood masks 64, the runtime's choice for "
+                        "masked variants on an H100 in bf16 with D=128, or the product of --q-box)")
+    p.add_argument("--block-n", type=int, default=None,
+                   help="KV tile size (default 128; for neighborhood masks 64 or the product of --kv-box)")
+    p.add_argument("--q-box", type=_box, default=None, metavar="BOX",
+                   help="neighborhood masks: the query tile as a box, one power of two per axis (e.g. 8x8); "
+                        "default: the planner's choice for --block-m")
+    p.add_argument("--kv-box", type=_box, default=None, metavar="BOX",
+                   help="neighborhood masks: the KV tile as a box (e.g. 8x8); default: the planner's choice")
     p.add_argument("--batch", type=int, default=1, help="batch size for masks that read b (default 1)")
     p.add_argument("--heads", type=int, default=1, help="heads for masks that read h (default 1)")
     p.set_defaults(run=cmd_explain)

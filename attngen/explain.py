@@ -6,16 +6,25 @@ full or partial. From that: the density (attended / all entries), the fraction o
 inside visited tiles that are masked out, and two bounds on the speed-up over dense
 attention: 1/density (every attended entry costs the same, nothing else does) and the
 tile-level one (visited tiles / all tiles) for the chosen tile sizes.
+
+Neighborhood masks (``explain_neighborhood``) are not evaluated element-wise: their tile
+counts come from the runtime's own tile plan (attngen/runtime/neighborhood.py), which
+counts per axis in closed form, so any grid size is cheap. The query and KV tiles are
+boxes of the grid; the tile-level bound there is L*L / visited entries (padding included).
+Masks ``&``-ed with a neighborhood are evaluated element-wise inside its windows only.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX
-from .ir.nodes import Variant
-from .reference import mask_matrix
+from .ir.expr import KV_IDX, LKV, LQ, Q_IDX, B, H
+from .ir.nodes import AndMask, Mask, Neighborhood, Variant
+from .ir.text import _mask_to_text, _unique_mask_names
+from .reference import SPATIAL, mask_matrix
+from .runtime.neighborhood import RANK, Axis, plan, resolve_axes
 from .testing import synthesize_tensors
 
 
@@ -65,6 +74,9 @@ class TileReport:
 def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 128, block_n: int = 128,
             batch: int = 1, heads: int = 1, seed: int = 0) -> TileReport:
     """Tile statistics of ``variant``'s mask at this shape (runtime tensors are synthesized)."""
+    if split_neighborhood(variant.mask)[0] is not None:
+        raise ValueError(f"explain: '{variant.label}' has a neighborhood mask; use "
+                         f"explain_neighborhood(variant, spatial_shape)")
     Lkv = Lq if Lkv is None else Lkv
     for name, val in (("Lq", Lq), ("Lkv", Lkv), ("block_m", block_m), ("block_n", block_n)):
         if not isinstance(val, int) or val <= 0:
@@ -91,3 +103,272 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
     num_m = -(-Lq // block_m)
     return TileReport(Lq, Lkv, block_m, block_n, attended, batch * heads * Lq * Lkv, full, partial,
                       batch * heads * num_m * num_n, masked)
+
+
+# --------------------------------------------------------------------------- neighborhoods
+NA_BLOCK = 64  # default tiles: choose_config's H100 bf16 D<=128 choice for masked variants (64 x 64)
+EXACT_LIMIT = 1 << 28  # (batch x heads x L x window) pairs evaluated for the other masks of a `&`
+
+
+def _conjuncts(mask: Mask) -> list[Mask]:
+    return _conjuncts(mask.a) + _conjuncts(mask.b) if isinstance(mask, AndMask) else [mask]
+
+
+def split_neighborhood(mask: Mask | None) -> tuple[Neighborhood | None, list[Mask]]:
+    """The neighborhood that plans the tiles and the masks ``&``-ed with it, or (None, [])
+    when the mask has no neighborhood. As in the compiler (passes/tiles.py), a neighborhood
+    under ``|`` or ``~``, or two of them, is an error."""
+    if mask is None or not any(isinstance(m, Neighborhood) for m in mask.leaves()):
+        return None, []
+    parts = _conjuncts(mask)
+    found = [m for m in parts if isinstance(m, Neighborhood)]
+    if len(found) != 1 or any(isinstance(leaf, Neighborhood) for m in parts if not isinstance(m, Neighborhood)
+                              for leaf in m.leaves()):
+        raise ValueError("explain: a neighborhood mask may only be combined with other masks through `&`, "
+                         "once per variant (not under `|` or `~`, not two neighborhoods)")
+    na = found[0]
+    return na, [m for m in parts if m is not na]
+
+
+@dataclass(frozen=True)
+class NeighborhoodReport:
+    """Tile statistics of a neighborhood variant at a spatial shape, per (batch, head).
+
+    ``axes``, ``q_box`` and ``kv_box`` have three entries (lower ranks padded in front with
+    size-1 axes, as in the kernel); ``spatial_shape`` is the shape as given. Counts other
+    than ``attended_all`` come from the neighborhood's tile plan
+    (attngen/runtime/neighborhood.py); entries are query-key pairs, padding of the boxes
+    included. ``other_masks`` is the text of masks ``&``-ed with the neighborhood (None
+    when there are none); ``attended_all`` is the entries the whole mask keeps, summed over
+    batch x heads, or None when there are no other masks or they were not evaluated.
+    """
+
+    spatial_shape: tuple[int, ...]
+    axes: tuple[Axis, ...]
+    q_box: tuple[int, int, int]
+    kv_box: tuple[int, int, int]
+    L: int
+    attended: int
+    query_tiles: int
+    programs: int
+    visited_tiles: int
+    full_tiles: int
+    visited_entries: int
+    other_masks: str | None = None
+    attended_all: int | None = None
+    batch: int = 1
+    heads: int = 1
+
+    @property
+    def rank(self) -> int:
+        return len(self.spatial_shape)
+
+    @property
+    def block_m(self) -> int:
+        return math.prod(self.q_box)
+
+    @property
+    def block_n(self) -> int:
+        return math.prod(self.kv_box)
+
+    @property
+    def total(self) -> int:
+        return self.L * self.L
+
+    @property
+    def partial_tiles(self) -> int:
+        return self.visited_tiles - self.full_tiles
+
+    @property
+    def counted(self) -> bool:
+        """Whether the density and masked fraction account for every mask."""
+        return self.other_masks is None or self.attended_all is not None
+
+    @property
+    def attended_per_head(self) -> float:
+        """Entries the whole mask keeps per (batch, head) (the neighborhood's own when the
+        other masks were not evaluated)."""
+        if self.attended_all is None:
+            return float(self.attended)
+        return self.attended_all / (self.batch * self.heads)
+
+    @property
+    def density(self) -> float:
+        return self.attended_per_head / self.total
+
+    @property
+    def neighborhood_density(self) -> float:
+        return self.attended / self.total
+
+    @property
+    def speed_of_light(self) -> float:
+        """Bound over dense attention: 1/density."""
+        return self.total / self.attended_per_head if self.attended_per_head else float("inf")
+
+    @property
+    def tile_bound(self) -> float:
+        """Bound over dense attention with these tiles: L*L / visited entries."""
+        return self.total / self.visited_entries if self.visited_entries else float("inf")
+
+    @property
+    def masked_fraction(self) -> float:
+        """Fraction of the entries in visited tiles that are masked out or padding."""
+        if not self.visited_entries:
+            return 0.0
+        return 1.0 - self.attended_per_head / self.visited_entries
+
+    @property
+    def block_sparse(self) -> bool:
+        """True when every visited tile is full and no other mask runs: no mask code at all."""
+        return self.partial_tiles == 0 and self.other_masks is None
+
+    def _box(self, box: tuple[int, ...]) -> str:
+        pad = len(box) - self.rank
+        shown = box[pad:] if all(b == 1 for b in box[:pad]) else box
+        return "x".join(map(str, shown))
+
+    def lines(self) -> list[str]:
+        shape = "x".join(map(str, self.spatial_shape))
+        out = [f"spatial shape    {shape} (L = {self.L}, {self.rank}-D)"]
+        for i, a in enumerate(self.axes[len(self.axes) - self.rank:]):
+            out.append(f"axis {i:<11} size {a.size}, kernel {a.kernel}, dilation {a.dilation}, stride {a.stride}, "
+                       f"{'causal' if a.causal else 'non-causal'}")
+        out.append(f"tiles            query box {self._box(self.q_box)} (block_m {self.block_m}), "
+                   f"KV box {self._box(self.kv_box)} (block_n {self.block_n})")
+        attended = (f"{self.attended_all} of {self.batch * self.heads * self.total}" if self.attended_all is not None
+                    else f"{self.attended} of {self.total}")
+        out.append(f"density          {self.density:.4f} ({attended} entries attended)")
+        empty = self.programs - self.query_tiles
+        out.append(f"query tiles      {self.query_tiles}"
+                   + (f" ({self.programs} programs, {empty} empty)" if empty else ""))
+        out.append(f"KV tiles visited {self.visited_tiles} ({self.full_tiles} full, {self.partial_tiles} partial), "
+                   f"{self.visited_tiles / self.query_tiles:.1f} per query tile" if self.query_tiles else
+                   f"KV tiles visited {self.visited_tiles}")
+        out.append(f"masked in visited tiles  {self.masked_fraction:.3f} "
+                   f"({self.visited_entries} entries visited, padding included)")
+        out.append(f"bound over dense {self.speed_of_light:.2f}x speed of light (1/density), "
+                   f"{self.tile_bound:.2f}x with these tiles (L*L / visited entries)")
+        if self.block_sparse:
+            out.append("block sparse     yes: every visited tile is full, no mask code runs")
+        elif self.other_masks is not None:
+            out.append(f"block sparse     no: `{self.other_masks}` is evaluated element-wise in every visited tile")
+        else:
+            out.append(f"block sparse     no: {self.partial_tiles} partial tiles run mask code")
+        if self.other_masks is not None:
+            how = ("counted exactly in density and masked fraction" if self.attended_all is not None
+                   else "NOT counted: density and masked fraction are the neighborhood's alone")
+            out.append(f"other masks      & {self.other_masks}: {how}; tiles are the neighborhood's plan")
+        return out
+
+
+def _box_arg(name: str, box: object) -> tuple[int, int, int] | None:
+    if box is None:
+        return None
+    if isinstance(box, int) and not isinstance(box, bool):
+        box = (box,)
+    if (not isinstance(box, (tuple, list)) or not 1 <= len(box) <= RANK
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 and not b & (b - 1) for b in box)):
+        raise ValueError(f"explain: {name} must be 1 to {RANK} powers of two (one per axis), got {box!r}")
+    return (1,) * (RANK - len(box)) + tuple(box)
+
+
+def _window_keys(axis: Axis) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position of ``axis``: its window's key positions (size, kernel) and which are real."""
+    keys = torch.zeros(axis.size, axis.kernel, dtype=torch.long)
+    valid = torch.zeros(axis.size, axis.kernel, dtype=torch.bool)
+    t = torch.arange(axis.kernel)
+    for x in range(axis.size):
+        g, xg = x % axis.dilation, x // axis.dilation
+        lo, hi = axis.window(xg, axis.group_length(g))
+        keys[x] = g + axis.dilation * torch.clamp(lo + t, max=hi)
+        valid[x] = lo + t <= hi
+    return keys, valid
+
+
+def _count_other(others: list[Mask], variant: Variant, axes: tuple[Axis, ...], spatial: tuple[int, ...],
+                 batch: int, heads: int, seed: int) -> int:
+    """Entries inside the neighborhood's windows that every other mask keeps, over batch x heads."""
+    L = math.prod(a.size for a in axes)
+    g = torch.Generator().manual_seed(seed)
+    tensors = synthesize_tensors(variant, batch, heads, L, L, "cpu", g)
+    tables = [_window_keys(a) for a in axes]
+    K = math.prod(a.kernel for a in axes)
+    sizes = [a.size for a in axes]
+    chunk = max(1, (1 << 22) // K)
+    total = 0
+    for r0 in range(0, L, chunk):
+        rows = torch.arange(r0, min(r0 + chunk, L))
+        coords = [rows // (sizes[1] * sizes[2]), (rows // sizes[2]) % sizes[1], rows % sizes[2]]
+        (k0, v0), (k1, v1), (k2, v2) = [(keys[c], valid[c]) for (keys, valid), c in zip(tables, coords)]
+        kv = ((k0[:, :, None, None] * sizes[1] + k1[:, None, :, None]) * sizes[2] + k2[:, None, None, :])
+        ok = (v0[:, :, None, None] & v1[:, None, :, None] & v2[:, None, None, :]).reshape(len(rows), K)
+        env = {B: torch.arange(batch).view(-1, 1, 1, 1), H: torch.arange(heads).view(1, -1, 1, 1),
+               Q_IDX: rows.view(1, 1, -1, 1), KV_IDX: kv.reshape(1, 1, len(rows), K), LQ: L, LKV: L,
+               SPATIAL: spatial}
+        keep = torch.as_tensor(ok)
+        for m in others:
+            keep = keep & torch.as_tensor(mask_matrix(m, env, tensors))
+        total += int(keep.expand(batch, heads, len(rows), K).sum())
+    return total
+
+
+def explain_neighborhood(variant: Variant, spatial_shape: int | tuple[int, ...], block_m: int | None = None,
+                         block_n: int | None = None, q_box: tuple[int, ...] | None = None,
+                         kv_box: tuple[int, ...] | None = None, batch: int = 1, heads: int = 1, seed: int = 0,
+                         exact_limit: int = EXACT_LIMIT) -> NeighborhoodReport:
+    """Tile statistics of a neighborhood variant on ``spatial_shape``, from the same tile
+    plan the runtime uses (no mask of any size is built for the neighborhood itself).
+
+    ``block_m``/``block_n`` default to the boxes' products, else 64 (the runtime's choice for
+    masked variants on an H100 in bf16, D=128); the planner then picks the boxes unless
+    ``q_box``/``kv_box`` (one power of two per axis) are given. Masks ``&``-ed with the
+    neighborhood are evaluated element-wise inside its windows (runtime tensors
+    synthesized) when batch x heads x L x window pairs <= ``exact_limit``, else left out.
+    ValueError names the axis or argument that does not fit.
+    """
+    na, others = split_neighborhood(variant.mask)
+    if na is None:
+        raise ValueError(f"explain_neighborhood: '{variant.label}' has no neighborhood mask; use explain()")
+    if isinstance(spatial_shape, list):
+        spatial_shape = tuple(spatial_shape)
+    if isinstance(spatial_shape, int) and not isinstance(spatial_shape, bool):
+        spatial_shape = (spatial_shape,)
+    if not isinstance(spatial_shape, tuple) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                       for s in spatial_shape):
+        raise TypeError(f"explain: spatial_shape must be a tuple of 1 to 3 ints, got {spatial_shape!r}")
+    qb, kb = _box_arg("q_box", q_box), _box_arg("kv_box", kv_box)
+    for name, box, user in (("q_box", q_box, qb), ("kv_box", kv_box, kb)):
+        if user is not None and len(box if isinstance(box, (tuple, list)) else (box,)) not in (len(spatial_shape), RANK):
+            raise ValueError(f"explain: {name} {tuple(box)!r} has {len(box)} entries but spatial_shape "
+                             f"{spatial_shape} has {len(spatial_shape)} axes")
+    block_m = block_m if block_m is not None else (math.prod(qb) if qb else NA_BLOCK)
+    block_n = block_n if block_n is not None else (math.prod(kb) if kb else NA_BLOCK)
+    for name, val in (("block_m", block_m), ("block_n", block_n), ("batch", batch), ("heads", heads)):
+        if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
+            raise ValueError(f"explain: {name} must be a positive int, got {val!r}")
+    for name, val in (("block_m", block_m), ("block_n", block_n)):
+        if val & (val - 1):
+            raise ValueError(f"explain: {name} must be a power of two, got {val}")
+    for name, box, block, bname in (("q_box", q_box, block_m, "block_m"), ("kv_box", kv_box, block_n, "block_n")):
+        box = (box,) if isinstance(box, int) else box
+        if box is not None and math.prod(box) != block:
+            raise ValueError(f"explain: {name} {'x'.join(map(str, box))} has {math.prod(box)} entries, "
+                             f"not {bname} = {block}")
+    for axis, size in enumerate(spatial_shape):
+        if size < 1:
+            raise ValueError(f"explain: spatial_shape axis {axis} must be >= 1, got {size}")
+    axes = resolve_axes(na, spatial_shape, math.prod(spatial_shape) if spatial_shape else 0)
+    p = plan(axes, block_m, block_n, qb, kb)
+    c = p.counts()
+    nonempty = math.prod(sum(-(-a.group_length(g) // tm) for g in range(a.dilation))
+                         for a, tm in zip(axes, p.q_box))
+    attended_all = None
+    if others and batch * heads * c["L"] * math.prod(a.kernel for a in axes) <= exact_limit:
+        attended_all = _count_other(others, variant, axes, tuple(spatial_shape), batch, heads, seed)
+    other_text = None
+    if others:
+        names = _unique_mask_names(variant.mask, False)
+        other_text = " & ".join(_mask_to_text(m, names) for m in others)
+    return NeighborhoodReport(tuple(spatial_shape), axes, p.q_box, p.kv_box, c["L"], c["attended"], nonempty,
+                              c["query_tiles"], c["visited_tiles"], c["full_tiles"], c["visited_entries"],
+                              other_text, attended_all, batch, heads)

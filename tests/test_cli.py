@@ -129,3 +129,57 @@ def test_explain_causal_density_and_bounds():
 def test_explain_rejects_bad_shape():
     proc = run_cli("explain", "causal", "--shape", "abc", check=False)
     assert proc.returncode == 2 and "--shape" in proc.stderr
+
+
+NA31 = "attngen 1\nvariant na31\nmask = neighborhood(kernel_size=(31, 31), dilation=1, stride=1, is_causal=False)\n" \
+       "norm = softmax()\n"
+
+
+def test_explain_neighborhood_prints_every_field(tmp_path):
+    spec = tmp_path / "na31.ir"
+    spec.write_text(NA31)
+    out = run_cli("explain", str(spec), "--shape", "128x128").stdout
+    assert out == run_cli("explain", str(spec), "--shape", "128,128").stdout
+    for field in ("spatial shape    128x128", "axis 0           size 128, kernel 31, dilation 1, stride 1",
+                  "axis 1", "query box 8x8 (block_m 64), KV box 8x8 (block_n 64)", "density          0.0587",
+                  "query tiles      256", "KV tiles visited", " full, ", " partial)", "masked in visited tiles",
+                  "17.05x speed of light (1/density)", "x with these tiles (L*L / visited entries)",
+                  "block sparse     no"):
+        assert field in out, field
+    boxed = run_cli("explain", str(spec), "--shape", "128x128", "--q-box", "8x16", "--kv-box", "8x8").stdout
+    assert "query box 8x16 (block_m 128), KV box 8x8 (block_n 64)" in boxed
+
+
+def test_explain_blocked_neighborhood_is_block_sparse(tmp_path):
+    spec = tmp_path / "blocked.ir"
+    spec.write_text(NA31.replace("(31, 31)", "16").replace("stride=1", "stride=16"))
+    out = run_cli("explain", str(spec), "--shape", "128x128").stdout
+    assert "block sparse     yes" in out and "64.00x speed of light" in out and "64.00x with these tiles" in out
+
+
+def test_explain_neighborhood_and_other_mask_says_how_it_counts(tmp_path):
+    spec = tmp_path / "combo.ir"
+    spec.write_text(NA31.replace("mask = neighborhood", "mask = causal() & neighborhood").replace("(31, 31)", "(5, 5)"))
+    out = run_cli("explain", str(spec), "--shape", "16x16").stdout
+    assert "other masks      & causal(): counted exactly" in out
+
+
+@pytest.mark.parametrize("shape, extra, message", [
+    ("16x16", (), "--shape 16x16: neighborhood does not fit spatial_shape axis 0: kernel_size 31 x dilation 1"),
+    ("128x20", (), "axis 1"),
+    ("16384", (), "has 1 axes but the neighborhood is 2-D"),
+    ("128x128", ("--q-box", "8"), "--q-box 8 has 1 axes but --shape 128x128 has 2"),
+])
+def test_explain_neighborhood_bad_shape_is_one_line(tmp_path, shape, extra, message):
+    spec = tmp_path / "na31.ir"
+    spec.write_text(NA31)
+    proc = run_cli("explain", str(spec), "--shape", shape, *extra, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_explain_1d_rejects_spatial_shape_and_boxes():
+    proc = run_cli("explain", "causal", "--shape", "8x8x8", check=False)
+    assert proc.returncode == 1 and "no neighborhood mask" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("explain", "causal", "--shape", "512", "--q-box", "8x8", check=False)
+    assert proc.returncode == 1 and "--q-box" in proc.stderr
