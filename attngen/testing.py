@@ -15,7 +15,7 @@ import torch
 from sympy.core.relational import Relational
 
 from .ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX
-from .ir.nodes import CAPTURED, Document, MaskMod, Variant
+from .ir.nodes import CAPTURED, Document, MaskMod, Neighborhood, Variant
 from .reference import evaluate
 
 
@@ -104,6 +104,17 @@ def random_inputs(variant: Variant, *, B: int = 2, Hq: int = 4, Hkv: int = 2, Lq
     sources = {p.name: p.source for p in variant.tensors()}
     return Inputs(q, k, v, {n: t for n, t in tensors.items() if sources[n] != CAPTURED},
                   {n: t for n, t in tensors.items() if sources[n] == CAPTURED})
+
+
+def fitting_spatial_shape(variant: Variant, extra: int = 3) -> tuple[int, ...] | None:
+    """A small grid that ``variant``'s neighborhood fits (kernel x dilation + ``extra`` per
+    axis; 2-D when the geometry does not fix the rank), or None without a neighborhood."""
+    found = [m for m in (variant.mask.leaves() if variant.mask is not None else ()) if isinstance(m, Neighborhood)]
+    if not found:
+        return None
+    na = found[0]
+    rank = na.rank or 2
+    return tuple(k * d + extra for k, d in zip(na.per_axis("kernel_size", rank), na.per_axis("dilation", rank)))
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks, run through the device tool. Logs and results go to $OUT (fetched back)
 # or benchmarks/results/latest.
-#   bash benchmarks/gpu_session.sh tests          the test suite on CUDA (bf16, fp16, fp32)
+#   bash benchmarks/gpu_session.sh tests [FILES]  the test suite (or FILES) on CUDA (bf16, fp16, fp32)
 #   bash benchmarks/gpu_session.sh bench [ARGS]   the quickstart, then bench_forward.py ARGS
+#   bash benchmarks/gpu_session.sh neighborhood [ARGS]
+#                                                 the NA examples, then bench_neighborhood.py ARGS
 set -uo pipefail
 stage=${1:-tests}
 shift || true
@@ -19,11 +21,17 @@ case "$stage" in
   tests)
     # one worker per few CPU cores: Triton compiles are the bottleneck, not the GPU
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-    ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests 2>&1 | tee "$out/gpu_tests.log"
+    ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers "${@:-tests}" 2>&1 | tee "$out/gpu_tests.log"
     ;;
   bench)
     python3 examples/quickstart.py 2>&1 | tee "$out/quickstart.log"
     python3 benchmarks/bench_forward.py --out "$out" "$@" 2>&1 | tee "$out/bench.log"
     ;;
-  *) echo "unknown stage '$stage' (tests or bench)" >&2; exit 2 ;;
+  neighborhood)
+    for ex in examples/neighborhood_2d.py examples/neighborhood_3d.py; do
+      python3 "$ex" 2>&1 | tee -a "$out/neighborhood_examples.log"
+    done
+    python3 benchmarks/bench_neighborhood.py --out "$out" "$@" 2>&1 | tee "$out/bench_neighborhood.log"
+    ;;
+  *) echo "unknown stage '$stage' (tests, bench or neighborhood)" >&2; exit 2 ;;
 esac

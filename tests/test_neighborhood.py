@@ -26,7 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attngen as ag
+from attngen.library import builtin, builtin_names
 from attngen.runtime.neighborhood import Axis, axis_tiles, plan, resolve_axes
+from attngen.testing import fitting_spatial_shape
 
 SETTINGS = dict(deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -640,3 +642,21 @@ def test_spatial_shape_on_other_variants(kind):
 def test_unsupported_compositions(mask):
     with pytest.raises(ag.UnsupportedVariant):
         ag.compile(ag.Variant(mask=mask))
+
+
+# --------------------------------------------------------------------------- built-in library
+_NA_BUILTINS = [n for n in builtin_names() if fitting_spatial_shape(builtin(n)) is not None]
+
+
+def test_library_has_the_neighborhood_builtins():
+    assert {"na2d", "dilated_na2d", "gna_strided", "blocked_window", "axial_row", "halonet"} <= set(_NA_BUILTINS)
+
+
+@pytest.mark.parametrize("name", _NA_BUILTINS)
+def test_builtin_neighborhood_matches_reference(name):
+    variant = builtin(name)
+    shape = fitting_spatial_shape(variant)
+    L = math.prod(shape)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, L, 16, generator=g).to(DEVICE, DTYPES[0]) for _ in range(3))
+    na_compare(ag.compile(variant), q, k, v, shape, oracle_mask=oracle.mask_of(variant.mask, shape))
