@@ -65,6 +65,7 @@ class CompiledAttention:
         self._tile_reads = _reads_per_tile(ir)
         self._fitted: dict[tuple, KernelConfig] = {}
         self.last_config: KernelConfig | None = None  # what the latest call launched with
+        self._module = None
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.ir.name!r}, tiles={self.ir.strategy}, path='{self.path}')"
@@ -74,7 +75,9 @@ class CompiledAttention:
         if device.type == "cpu" and not interpreter_active():
             raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
                              "before importing triton (attngen does so itself when no GPU is present)")
-        return load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+        if self._module is None:  # resolving the path on every call cost ~0.1 ms of host time
+            self._module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+        return self._module
 
     def prepare(self, q, k, v, scale=None, spatial_shape=None, **tensors):
         """Validate a call's inputs; returns the problem sizes, the scale, every tensor and
@@ -157,8 +160,15 @@ class CompiledAttention:
         # 2-D/3-D windows waste less on their edges with 64 x 64 tiles.
         dense = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads)
         masked = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads, masked=True)
-        one_axis = sum(a.size > 1 for a in axes) <= 1
-        if dense != masked and (one_axis or not plan_neighborhood(axes, dense.block_m, dense.block_n).has_partial):
+        if dense == masked:
+            return dense
+        if sum(a.size > 1 for a in axes) <= 1:
+            return dense
+        big = plan_neighborhood(axes, dense.block_m, dense.block_n)
+        counts = big.counts()
+        # block sparse with enough KV tiles per program to fill the pipeline (blocked 16x16
+        # windows with 2 KV tiles per query tile ran 2x slower than with 64 x 64 tiles)
+        if not big.has_partial and counts["visited_tiles"] >= 8 * counts["query_tiles"]:
             return dense
         return masked
 
