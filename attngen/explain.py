@@ -116,16 +116,17 @@ def _conjuncts(mask: Mask) -> list[Mask]:
 
 def split_neighborhood(mask: Mask | None) -> tuple[Neighborhood | None, list[Mask]]:
     """The neighborhood that plans the tiles and the masks ``&``-ed with it, or (None, [])
-    when the mask has no neighborhood. As in the compiler (passes/tiles.py), a neighborhood
-    under ``|`` or ``~``, or two of them, is an error."""
+    when the mask has no neighborhood. A neighborhood under ``|`` or ``~`` (which the
+    compiler tests element-wise, passes/tiles.py) or two of them is an error here."""
     if mask is None or not any(isinstance(m, Neighborhood) for m in mask.leaves()):
         return None, []
     parts = _conjuncts(mask)
     found = [m for m in parts if isinstance(m, Neighborhood)]
     if len(found) != 1 or any(isinstance(leaf, Neighborhood) for m in parts if not isinstance(m, Neighborhood)
                               for leaf in m.leaves()):
-        raise ValueError("explain: a neighborhood mask may only be combined with other masks through `&`, "
-                         "once per variant (not under `|` or `~`, not two neighborhoods)")
+        raise ValueError("explain: reports a neighborhood alone or combined with other masks through `&`; "
+                         "under `|` or `~` the kernel tests it element-wise on 1-D tiles, which explain does "
+                         "not count yet")
     na = found[0]
     return na, [m for m in parts if m is not na]
 

@@ -176,7 +176,7 @@ def test_other_masks_are_counted_inside_the_windows(other):
 def test_neighborhood_outside_and_is_rejected():
     na = ag.neighborhood(3)
     for mask in (na | ag.causal(), ~na, ag.causal() & ~na, na & ag.neighborhood(5)):
-        with pytest.raises(ValueError, match="only be combined with other masks through `&`"):
+        with pytest.raises(ValueError, match="alone or combined with other masks through `&`"):
             split_neighborhood(mask)
     assert split_neighborhood(ag.causal()) == (None, [])
     with pytest.raises(ValueError, match="explain_neighborhood"):

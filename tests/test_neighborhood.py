@@ -636,12 +636,37 @@ def test_spatial_shape_on_other_variants(kind):
         f(q, k, v, spatial_shape=(5, 6))
 
 
-@pytest.mark.parametrize("mask", [ag.neighborhood(3) | ag.causal(), ~ag.neighborhood(3),
-                                  ag.sliding_window(4) | (ag.neighborhood((3, 3)) & ag.causal())],
-                         ids=["or", "not", "nested_or"])
-def test_unsupported_compositions(mask):
-    with pytest.raises(ag.UnsupportedVariant):
-        ag.compile(ag.Variant(mask=mask))
+@ag.mask_mod
+def _global_tokens(b, h, q_idx, kv_idx):
+    return (kv_idx < 3) | (q_idx < 2)
+
+
+@pytest.mark.parametrize("mask,shape", [
+    (ag.neighborhood((3, 3)) | _global_tokens, (6, 7)),
+    (~ag.neighborhood(3, dilation=2), (6, 7)),
+    (ag.neighborhood((2, 3, 3), stride=(1, 2, 1), is_causal=(True, False, False)) | ag.causal(), (3, 4, 5)),
+    (ag.sliding_window(4) | (ag.neighborhood((3, 3)) & ag.causal()), (5, 6)),
+    ((ag.neighborhood(5) | ag.sliding_window(1, 0)) & ag.document(), (23,)),
+], ids=["or_global_tokens", "not_dilated", "or_causal_3d", "nested", "and_document_1d"])
+def test_neighborhood_under_or_and_not(mask, shape):
+    """A neighborhood under '|' or '~' is tested element-wise by the run-time classifier."""
+    variant = ag.Variant(mask=mask)
+    attn = ag.compile(variant)
+    assert attn.ir.strategy == "tiles"
+    L = math.prod(shape)
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 2, L, 16, generator=g).to(DEVICE, DTYPES[0])
+    k, v = (torch.randn(2, 1, L, 16, generator=g).to(DEVICE, DTYPES[0]) for _ in range(2))
+    tensors = {}
+    if "document" in variant.to_text():
+        tensors["document_ids"] = (torch.arange(L, device=DEVICE) // 9).repeat(2, 1)
+    na_compare(attn, q, k, v, shape, config=ag.KernelConfig(16, 16, 4, 1), **tensors)
+    na_compare(attn, q, k, v, shape, **tensors)
+
+
+def test_two_neighborhood_geometries_are_unsupported():
+    with pytest.raises(ag.UnsupportedVariant, match="one neighborhood"):
+        ag.compile(ag.Variant(mask=ag.neighborhood(3) | ag.neighborhood(5)))
 
 
 # --------------------------------------------------------------------------- built-in library

@@ -21,6 +21,11 @@ INT, FLOAT, BOOL, ANY = "int", "float", "bool", "any"
 FLOAT_BOOL = "float_bool"  # the result of comparing floats; see _print_And
 
 
+# Neighborhood geometry in scope wherever an element-wise neighborhood test is printed
+NA_GEOMETRY_ARGS = ("S0, S1, S2, K0, K1, K2, DIL0, DIL1, DIL2, STR0, STR1, STR2, "
+                    "CAUSAL0, CAUSAL1, CAUSAL2")
+
+
 @dataclass
 class TritonPrinter:
     """Prints one scope's expressions; ``names`` maps symbols to variables in scope."""
@@ -258,6 +263,11 @@ class TritonPrinter:
 
     def _print_Not(self, e):
         return f"~{self._wrap(self._operand(e.args[0]))}", BOOL
+
+    def _print_InNeighborhood(self, e):
+        self.helpers.add("na_keep")
+        q, kv = (self.code(a) for a in e.args)
+        return f"_na_keep({q}, {kv}, {NA_GEOMETRY_ARGS})", BOOL
 
     # -- tensor reads
     def _print_Indexed(self, e: sympy.Indexed) -> tuple[str, str]:

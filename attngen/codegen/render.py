@@ -144,6 +144,7 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["cls_tile_stmts"] = stmts(cls_tile)
         ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
     ctx["helpers"] = sorted(printer.helpers)
+    ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~' 
     ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors"))
     return ctx
 

@@ -38,6 +38,18 @@ RESERVED_NAMES = frozenset(SYMBOLS) | {"oo", "True", "False", "pi", "E"}
 LN2 = sympy.log(2)
 
 
+class InNeighborhood(sympy.logic.boolalg.BooleanFunction):
+    """``InNeighborhood(q_idx, kv_idx)``: the variant's neighborhood geometry as an opaque
+    element-wise predicate, for masks that combine it with ``|`` or ``~`` (the geometry's
+    parameters and the grid come from the kernel, not from the expression)."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, q, kv):  # noqa: D102 - sympy hook; never folds
+        return None
+
+
 class FloorDiv(sympy.Function):
     """Floor division ``a // b`` with Python/torch semantics (rounds toward -inf)."""
 

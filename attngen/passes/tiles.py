@@ -9,6 +9,8 @@
   run time and writes compact per-query-tile index lists; the attention kernel walks the
   lists. The lists depend on (b, h) only where the predicate does, and are cached per shape
   and per runtime-tensor identity and version.
+- a neighborhood under ``|`` or ``~``: ``tiles``, with the neighborhood as one element-wise
+  test (``InNeighborhood``) in the classifier's and the kernel's predicate.
 - a neighborhood, alone or under ``&``: ``neighborhood``. Query and KV tiles are boxes of
   the grid; the kernel derives each query box's KV boxes per axis in closed form from the
   geometry and the call's spatial shape (runtime/neighborhood.py), interior boxes run
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import sympy
 
-from ..ir.expr import B, H, KV_IDX, Q_IDX, tensor_read
+from ..ir.expr import B, H, KV_IDX, Q_IDX, InNeighborhood, tensor_read
 from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, Band, KernelIR
 from ..ir.nodes import AndMask, Document, Mask, MaskMod, Neighborhood, NotMask, OrMask
 from .normalization import UnsupportedVariant
@@ -34,6 +36,8 @@ def mask_predicate(mask: Mask) -> sympy.Basic:
         return sympy.Eq(tensor_read("document_ids", (B, Q_IDX)), tensor_read("document_ids", (B, KV_IDX)))
     if isinstance(mask, MaskMod):
         return mask.pred
+    if isinstance(mask, Neighborhood):
+        return InNeighborhood(Q_IDX, KV_IDX)
     if isinstance(mask, AndMask):
         return sympy.And(mask_predicate(mask.a), mask_predicate(mask.b))
     if isinstance(mask, OrMask):
@@ -49,23 +53,26 @@ def _conjuncts(mask: Mask) -> list[Mask]:
     return [mask]
 
 
-def _split_neighborhood(mask: Mask) -> tuple[Neighborhood, Mask | None] | None:
-    """``(neighborhood, rest)`` when the mask is one neighborhood ``&`` other masks."""
-    if not any(isinstance(leaf, Neighborhood) for leaf in mask.leaves()):
+def _split_neighborhood(mask: Mask) -> tuple[Neighborhood, Mask | None, bool] | None:
+    """``(neighborhood, rest, boxes)``: ``boxes`` when the mask is one neighborhood ``&``
+    other masks (box tiling, ``rest`` the other operands), else the neighborhood appears
+    under ``|`` or ``~`` and is tested element-wise (``rest`` is the whole mask)."""
+    found = {leaf for leaf in mask.leaves() if isinstance(leaf, Neighborhood)}
+    if not found:
         return None
-    parts = _conjuncts(mask)
-    found = [p for p in parts if isinstance(p, Neighborhood)]
-    nested = [p for p in parts if not isinstance(p, Neighborhood)
-              and any(isinstance(leaf, Neighborhood) for leaf in p.leaves())]
-    if nested or len(found) != 1:
+    if len(found) > 1:
         raise UnsupportedVariant(
-            "plan_mask_tiles: a neighborhood mask composes with other masks through '&' only, once per "
-            "variant; '|', '~' or two neighborhoods are not supported in this version")
-    rest = [p for p in parts if p is not found[0]]
+            "plan_mask_tiles: a variant may use one neighborhood geometry; this mask combines "
+            f"{len(found)} different ones")
+    na = found.pop()
+    parts = _conjuncts(mask)
+    if na not in parts or any(na in p.leaves() for p in parts if p != na):
+        return na, mask, False
+    rest = [p for p in parts if p != na]
     out = rest[0] if rest else None
     for p in rest[1:]:
         out = AndMask(out, p)
-    return found[0], out
+    return na, out, True
 
 
 @compiler_pass(requires=("geometry",), provides=("tile_plan",))
@@ -74,10 +81,15 @@ def plan_mask_tiles(ir: KernelIR) -> KernelIR:
     mask = ir.mask
     split = _split_neighborhood(mask) if mask is not None else None
     if split is not None:
-        na, rest = split
+        na, rest, boxes = split
         pred = mask_predicate(rest) if rest is not None else None
-        return ir.replace(strategy=NEIGHBORHOOD, neighborhood=na, mask=rest,
-                          tile_pred=None if pred == sympy.true else pred)
+        if boxes:
+            return ir.replace(strategy=NEIGHBORHOOD, neighborhood=na, mask=rest,
+                              tile_pred=None if pred == sympy.true else pred)
+        # under '|' or '~' the neighborhood is one element-wise test among others: the
+        # run-time classifier finds the tiles (on the flattened sequence)
+        return ir.replace(strategy=TILES, neighborhood=na, tile_pred=pred,
+                          tile_depends=tuple(n for n, s in (("b", B), ("h", H)) if pred.has(s)))
     if mask is None or (isinstance(mask, Band) and mask.lo is None and mask.hi is None):
         return ir.replace(strategy=DENSE, mask=None)
     if isinstance(mask, Band):

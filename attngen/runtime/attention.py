@@ -86,7 +86,7 @@ class CompiledAttention:
         sm_scale = check_scale(scale, p.D)
         bound = check_runtime_tensors(self.variant.tensors(), tensors, self.variant.captured(), p, self.ir.name)
         axes = None
-        if self.ir.strategy == NEIGHBORHOOD:
+        if self.ir.neighborhood is not None:
             axes = resolve_spatial(self.variant.mask, spatial_shape, p)[0]
         elif spatial_shape is not None:
             raise TypeError(f"spatial_shape is only taken by neighborhood variants; '{self.ir.name}' has none")
@@ -100,7 +100,7 @@ class CompiledAttention:
         if self.ir.strategy != TILES:
             return None
         mask_tensors = {n: t for n, t in bound.items() if n in self._mask_tensors}
-        return self._tiles.get(self.module(p.device), mask_tensors, p.B, p.HQ, p.Lq, p.Lkv, config, p.device)
+        return self._tiles.get(self.module(p.device), mask_tensors, p.B, p.HQ, p.Lq, p.Lkv, config, p.device, axes)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                  return_lse: bool = False, config: KernelConfig | None = None,
@@ -178,7 +178,7 @@ class CompiledAttention:
         cls = (p.device, p.dtype, p.D, p.DV, axes)
         config = self._fitted.get(cls)
         if config is None:
-            config = (self._neighborhood_config(p, axes) if axes is not None
+            config = (self._neighborhood_config(p, axes) if self.ir.strategy == NEIGHBORHOOD
                       else self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv))
         while True:
             try:

@@ -24,6 +24,7 @@ class TileLists:
     full_index: torch.Tensor
     partial_count: torch.Tensor
     partial_index: torch.Tensor
+    axes: tuple | None = None  # the neighborhood's axes when the mask tests one element-wise
 
     @classmethod
     def empty(cls, bm: int, hm: int, num_m: int, num_n: int, device: torch.device) -> "TileLists":
@@ -40,6 +41,14 @@ class TileLists:
         c, i = self.full_count, self.full_index
         return (self.full_count, self.full_index, self.partial_count, self.partial_index,
                 c.stride(0), c.stride(1), i.stride(0), i.stride(1), i.stride(2))
+
+    def geometry(self) -> dict[str, object]:
+        """The neighborhood's grid and geometry, as the kernels' keyword arguments."""
+        out: dict[str, object] = {}
+        for i, a in enumerate(self.axes):
+            out.update({f"S{i}": a.size, f"K{i}": a.kernel, f"DIL{i}": a.dilation, f"STR{i}": a.stride,
+                        f"CAUSAL{i}": a.causal})
+        return out
 
     def visited(self) -> tuple[int, int]:
         """(full tiles, partial tiles) summed over every query tile."""
@@ -59,17 +68,18 @@ class TileCache:
         self.builds = 0
 
     def get(self, module, tensors: dict[str, torch.Tensor], B: int, HQ: int, Lq: int, Lkv: int, config,
-            device: torch.device) -> TileLists:
+            device: torch.device, axes: tuple | None = None) -> TileLists:
         depends = module.TILES_DEPEND_ON
         bm = B if "b" in depends else 1
         hm = HQ if "h" in depends else 1
-        key = (device, bm, hm, Lq, Lkv, config.block_m, config.block_n,
+        key = (device, bm, hm, Lq, Lkv, config.block_m, config.block_n, axes,
                tuple((n, _tensor_key(t)) for n, t in sorted(tensors.items())))
         hit = self._entries.get(key)
         if hit is not None and all(ref() is tensors[n] for n, ref in hit[0]):
             self._entries.move_to_end(key)
             return hit[1]
         tiles = TileLists.empty(bm, hm, triton.cdiv(Lq, config.block_m), triton.cdiv(Lkv, config.block_n), device)
+        tiles.axes = axes
         module.launch_classify_tiles(tiles, tensors, Lq, Lkv, config)
         self.builds += 1
         refs = [(n, weakref.ref(t)) for n, t in sorted(tensors.items())]
