@@ -168,7 +168,8 @@ def neighborhood_matrix(na: Neighborhood, shape: tuple[int, ...], i: torch.Tenso
 def reference(variant: Variant) -> Callable:
     """The float64 oracle for ``variant``: ``ref(q, k, v, scale=None, return_lse=False, **tensors)``.
 
-    Returns float64 tensors (out, and lse when asked) on q's device.
+    Returns float64 tensors (out, and lse when asked) on q's device, differentiable in q,
+    k, v and the floating tensors the variant reads.
     """
     if not isinstance(variant, Variant):
         raise TypeError(f"reference: expected an ag.Variant, got {type(variant).__name__}")
@@ -176,7 +177,7 @@ def reference(variant: Variant) -> Callable:
     has_na = any(isinstance(m, Neighborhood) for m in (variant.mask.leaves() if variant.mask else ()))
 
     def run(q, k, v, *, scale=None, return_lse=False, spatial_shape=None, **tensors):
-        p = check_qkv(q, k, v)
+        p = check_qkv(q, k, v, allow_float64=True)
         if has_na:
             resolve_spatial(variant.mask, spatial_shape, p)
         elif spatial_shape is not None:
@@ -185,9 +186,11 @@ def reference(variant: Variant) -> Callable:
         bound = check_runtime_tensors(variant.tensors(), tensors, variant.captured(), p, variant.label)
         dev = q.device
         group = p.HQ // p.HKV
-        qd = q.detach().double()
-        kd = k.detach().double().repeat_interleave(group, dim=1)
-        vd = v.detach().double().repeat_interleave(group, dim=1)
+        # differentiable in q, k, v and every floating tensor the score reads (autograd is
+        # the backward's oracle); float64 inputs are accepted for torch.autograd.gradcheck
+        qd = q.double()
+        kd = k.double().repeat_interleave(group, dim=1)
+        vd = v.double().repeat_interleave(group, dim=1)
         s = sm_scale * (qd @ kd.transpose(-1, -2))
         env = {
             B: torch.arange(p.B, device=dev).view(-1, 1, 1, 1),
@@ -204,7 +207,7 @@ def reference(variant: Variant) -> Callable:
         norm = variant.norm
         if isinstance(norm, Softmax) and not norm.sink:
             s = torch.where(keep, s, -math.inf)
-            m = s.amax(-1, keepdim=True)
+            m = s.amax(-1, keepdim=True).detach()  # a shift only; softmax does not depend on it
             m = torch.where(torch.isinf(m) & (m < 0), 0.0, m)
             e = torch.exp(s - m)
             denom = e.sum(-1, keepdim=True)

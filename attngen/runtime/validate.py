@@ -37,13 +37,16 @@ def _tensor(x: object, name: str) -> torch.Tensor:
     return x
 
 
-def check_qkv(q: object, k: object, v: object) -> Problem:
+def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> Problem:
+    """Shapes, dtypes and devices of q, k, v (``allow_float64``: the reference's gradcheck)."""
     q, k, v = _tensor(q, "q"), _tensor(k, "k"), _tensor(v, "v")
+    dtypes = DTYPES + ((torch.float64,) if allow_float64 else ())
     for name, t, dims in (("q", q, "(B, Hq, Lq, D)"), ("k", k, "(B, Hkv, Lkv, D)"), ("v", v, "(B, Hkv, Lkv, Dv)")):
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D {dims}, got shape {tuple(t.shape)}")
-        if t.dtype not in DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.dtype not in dtypes:
+            raise TypeError(f"{name} must be float16, bfloat16 or float32"
+                            f"{' (or float64)' if allow_float64 else ''}, got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}; put them on one device")
         if t.numel() == 0:
