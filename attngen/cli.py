@@ -204,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L or Lq,Lkv (sequence lengths); for neighborhood masks the spatial shape X[xY[xZ]] "
                         "(128x128 or 128,128)")
     p.add_argument("--block-m", type=int, default=None,
-                   help="query tile size (default 128; for neighborhood masks 64, the runtime's choice for "
-                        "masked variants on an H100 in bf16 with D=128, or the product of --q-box)")
+                   help="query tile size (default 128; for neighborhood masks the runtime's choice on an "
+                        "H100 in bf16 with D=128: 128 for 1-D windows and long block-sparse ones, else 64; "
+                        "or the product of --q-box)")
     p.add_argument("--block-n", type=int, default=None,
-                   help="KV tile size (default 128; for neighborhood masks 64 or the product of --kv-box)")
+                   help="KV tile size (default 128; for neighborhood masks as --block-m, or the product of "
+                        "--kv-box)")
     p.add_argument("--q-box", type=_box, default=None, metavar="BOX",
                    help="neighborhood masks: the query tile as a box, one power of two per axis (e.g. 8x8); "
                         "default: the planner's choice for --block-m")

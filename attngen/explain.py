@@ -24,7 +24,7 @@ from .ir.expr import KV_IDX, LKV, LQ, Q_IDX, B, H
 from .ir.nodes import AndMask, Mask, Neighborhood, Variant
 from .ir.text import _mask_to_text, _unique_mask_names
 from .reference import SPATIAL, mask_matrix
-from .runtime.neighborhood import RANK, Axis, plan, resolve_axes
+from .runtime.neighborhood import RANK, Axis, plan, prefers_dense_tiles, resolve_axes
 from .testing import synthesize_tensors
 
 
@@ -106,7 +106,9 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
 
 
 # --------------------------------------------------------------------------- neighborhoods
-NA_BLOCK = 64  # default tiles: choose_config's H100 bf16 D<=128 choice for masked variants (64 x 64)
+# default tiles, as the runtime picks them on an H100 in bf16 with D=128: the dense kernel's
+# 128 x 128 where the geometry prefers them (runtime/neighborhood.py), else 64 x 64
+NA_DENSE_BLOCK, NA_BLOCK = 128, 64
 EXACT_LIMIT = 1 << 28  # (batch x heads x L x window) pairs evaluated for the other masks of a `&`
 
 
@@ -320,8 +322,9 @@ def explain_neighborhood(variant: Variant, spatial_shape: int | tuple[int, ...],
     """Tile statistics of a neighborhood variant on ``spatial_shape``, from the same tile
     plan the runtime uses (no mask of any size is built for the neighborhood itself).
 
-    ``block_m``/``block_n`` default to the boxes' products, else 64 (the runtime's choice for
-    masked variants on an H100 in bf16, D=128); the planner then picks the boxes unless
+    ``block_m``/``block_n`` default to the boxes' products, else to what the runtime picks
+    on an H100 in bf16 with D=128 (128 x 128 for 1-D windows and long block-sparse ones,
+    64 x 64 for other windows); the planner then picks the boxes unless
     ``q_box``/``kv_box`` (one power of two per axis) are given. Masks ``&``-ed with the
     neighborhood are evaluated element-wise inside its windows (runtime tensors
     synthesized) when batch x heads x L x window pairs <= ``exact_limit``, else left out.
@@ -342,8 +345,16 @@ def explain_neighborhood(variant: Variant, spatial_shape: int | tuple[int, ...],
         if user is not None and len(box if isinstance(box, (tuple, list)) else (box,)) not in (len(spatial_shape), RANK):
             raise ValueError(f"explain: {name} {tuple(box)!r} has {len(box)} entries but spatial_shape "
                              f"{spatial_shape} has {len(spatial_shape)} axes")
-    block_m = block_m if block_m is not None else (math.prod(qb) if qb else NA_BLOCK)
-    block_n = block_n if block_n is not None else (math.prod(kb) if kb else NA_BLOCK)
+    default = NA_BLOCK
+    if block_m is None and block_n is None and qb is None and kb is None and all(s >= 1 for s in spatial_shape):
+        try:
+            grid = resolve_axes(na, spatial_shape, math.prod(spatial_shape))
+        except ValueError:
+            pass  # reported below, naming the axis
+        else:
+            default = NA_DENSE_BLOCK if prefers_dense_tiles(grid, NA_DENSE_BLOCK, NA_DENSE_BLOCK) else NA_BLOCK
+    block_m = block_m if block_m is not None else (math.prod(qb) if qb else default)
+    block_n = block_n if block_n is not None else (math.prod(kb) if kb else default)
     for name, val in (("block_m", block_m), ("block_n", block_n), ("batch", batch), ("heads", heads)):
         if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
             raise ValueError(f"explain: {name} must be a positive int, got {val!r}")

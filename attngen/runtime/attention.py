@@ -13,7 +13,7 @@ from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from .config import KernelConfig, choose_config
 from .loader import interpreter_active, load_module
-from .neighborhood import plan as plan_neighborhood
+from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
 from .validate import Problem, check_qkv, check_out, check_runtime_tensors, check_scale, resolve_spatial
 
@@ -155,22 +155,9 @@ class CompiledAttention:
                              masked=self.ir.strategy != DENSE)
 
     def _neighborhood_config(self, p: Problem, axes) -> KernelConfig:
-        # Block-sparse boxes and 1-D windows have no ragged window edges inside a tile row,
-        # so they run best with the dense kernel's large tiles (H100, benchmarks/NOTES.md);
-        # 2-D/3-D windows waste less on their edges with 64 x 64 tiles.
         dense = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads)
         masked = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads, masked=True)
-        if dense == masked:
-            return dense
-        if sum(a.size > 1 for a in axes) <= 1:
-            return dense
-        big = plan_neighborhood(axes, dense.block_m, dense.block_n)
-        counts = big.counts()
-        # block sparse with enough KV tiles per program to fill the pipeline (blocked 16x16
-        # windows with 2 KV tiles per query tile ran 2x slower than with 64 x 64 tiles)
-        if not big.has_partial and counts["visited_tiles"] >= 8 * counts["query_tiles"]:
-            return dense
-        return masked
+        return dense if prefers_dense_tiles(axes, dense.block_m, dense.block_n) else masked
 
     def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound, axes) -> KernelConfig:
         """Launch with the heuristic config, stepping down while it does not fit the GPU

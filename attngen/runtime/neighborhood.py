@@ -200,4 +200,18 @@ def plan(axes: tuple[Axis, ...], block_m: int, block_n: int,
     return NeighborhoodPlan(axes, *best)
 
 
-__all__ = ["Axis", "AxisTiles", "NeighborhoodPlan", "RANK", "axis_tiles", "plan", "resolve_axes"]
+def prefers_dense_tiles(axes: tuple[Axis, ...], dense_block_m: int, dense_block_n: int) -> bool:
+    """Whether this grid runs best with the dense kernel's (large) tiles rather than the
+    masked variants' smaller ones. H100 measurements (benchmarks/NOTES.md): 1-D windows and
+    block-sparse boxes have no window edges inside a tile, so large tiles win, unless a
+    program then walks too few KV tiles to fill the pipeline (blocked 16x16 windows with 2
+    KV tiles per query tile ran 2x slower than with 64 x 64 tiles); 2-D/3-D windows waste
+    less on their edges with small tiles."""
+    if sum(a.size > 1 for a in axes) <= 1:
+        return True
+    big = plan(axes, dense_block_m, dense_block_n)
+    counts = big.counts()
+    return not big.has_partial and counts["visited_tiles"] >= 8 * counts["query_tiles"]
+
+
+__all__ = ["Axis", "prefers_dense_tiles", "AxisTiles", "NeighborhoodPlan", "RANK", "axis_tiles", "plan", "resolve_axes"]
