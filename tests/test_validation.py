@@ -221,13 +221,21 @@ def test_nothing_is_written_on_error(biased):
 
 
 # --------------------------------------------------------------------------- autograd
-@pytest.mark.parametrize("which", ["q", "k", "v", "bias"])
-def test_requires_grad_is_refused(biased, which):
+def test_learnable_score_tensors_are_refused(biased):
+    """Gradients of tensors read by the score are not built yet: refused before any work."""
     q, k, v = qkv()
-    tensors = {"q": q, "k": k, "v": v, "bias": torch.randn(2, device=DEVICE)}
+    with pytest.raises(NotImplementedError, match="gradients of tensors read by the score"):
+        biased(q.requires_grad_(), k, v, bias=torch.randn(2, device=DEVICE).requires_grad_())
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_grad_through_run_time_tile_lists_is_refused(documents, which):
+    q, k, v = qkv()
+    tensors = {"q": q, "k": k, "v": v}
     tensors[which].requires_grad_(True)
-    with pytest.raises(NotImplementedError, match="gradient|backward"):
-        biased(tensors["q"], tensors["k"], tensors["v"], bias=tensors["bias"])
+    doc = torch.zeros(q.shape[0], q.shape[2], dtype=torch.int64, device=DEVICE)
+    with pytest.raises(NotImplementedError, match="gradients are available for masks with closed-form bands"):
+        documents(tensors["q"], tensors["k"], tensors["v"], document_ids=doc)
 
 
 def test_no_grad_and_detach_work(biased):

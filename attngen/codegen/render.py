@@ -14,8 +14,8 @@ import sympy
 
 from .. import __version__
 from .._resources import template_dir
-from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SM_SCALE
-from ..ir.kernel import BAND, TILES, KernelIR
+from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SCORE, SM_SCALE
+from ..ir.kernel import BAND, DENSE, TILES, KernelIR
 from .printer import HostPrinter, TritonPrinter
 
 TEMPLATE = "attention_fwd.py.j2"
@@ -143,10 +143,38 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["cls_row_stmts"] = stmts(cls_row)
         ctx["cls_tile_stmts"] = stmts(cls_tile)
         ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
+    ctx["bwd"] = backward_context(ir, printer, tensors) if ir.strategy in (DENSE, BAND) else None
     ctx["helpers"] = sorted(printer.helpers)
     ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~' 
-    ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors"))
+    ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors")) or bool(
+        ctx["bwd"] and ctx["bwd"]["tensors"])
     return ctx
+
+
+def _expand_temps(ir: KernelIR, expr: sympy.Basic) -> sympy.Basic:
+    """``expr`` with the CSE temporaries substituted back (temps are in dependency order)."""
+    for sym, value in reversed(ir.temps):
+        expr = expr.xreplace({sym: value})
+    return expr
+
+
+def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, TensorArgs]) -> dict:
+    """The backward kernels' expressions: the score in log2 units (as the forward), its
+    derivative with respect to the raw score (sympy.diff of the score_mod, evaluated at
+    score = qk * sm_scale) and the mask; printed inline, since the backward kernels also
+    compute them transposed (keys x queries)."""
+    score = _expand_temps(ir, ir.score_log2)
+    dscore = sympy.Integer(1)
+    if ir.score is not None:
+        dscore = sympy.diff(ir.score, SCORE).xreplace({SCORE: QK * SM_SCALE})
+    pred = _expand_temps(ir, ir.tile_pred) if ir.tile_pred is not None else None
+    exprs = [score, dscore] + ([pred] if pred is not None else [])
+    return {
+        "score_code": printer.code(score),
+        "dscore_code": None if dscore == 1 else printer.code(dscore),
+        "mask_code": printer.code(pred) if pred is not None else None,
+        "tensors": [tensors[n] for n in _reads(exprs)],
+    }
 
 
 def _environment() -> jinja2.Environment:

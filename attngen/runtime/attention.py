@@ -9,8 +9,9 @@ import sympy
 import torch
 import triton
 
-from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
+from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
+from .autograd import AttentionFunction
 from .config import KernelConfig, choose_config
 from .loader import interpreter_active, load_module
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
@@ -117,29 +118,57 @@ class CompiledAttention:
             raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
         if config is not None and not isinstance(config, KernelConfig):
             raise TypeError(f"config must be an attngen KernelConfig, got {type(config).__name__}")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *bound.values())):
-            raise NotImplementedError(
-                f"variant '{self.ir.name}': gradients are not available yet (the backward kernels are "
-                "not built in this version); run under torch.no_grad() or detach the inputs")
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if torch.is_grad_enabled():
+            self._check_differentiable(needs_grad, bound)
         module = self.module(p.device)
         if out is None:
             out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
         else:
+            if needs_grad:
+                raise ValueError("out= cannot be used when q, k or v require grad")
             check_out(out, p)
         lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
         if os.environ.get("ATTNGEN_POISON_OUTPUTS", "0") not in ("", "0"):
             # Debugging/testing aid: any element the kernel fails to write stays NaN.
             out.fill_(float("nan"))
             lse.fill_(float("nan"))
-        guard = torch.cuda.device(p.device) if p.device.type == "cuda" else contextlib.nullcontext()
-        with guard:
-            if config is not None:  # the caller's choice: no fallback
-                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config, axes),
-                                      config)
-                self.last_config = config
-            else:
-                self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes)
+
+        def run_forward():
+            guard = torch.cuda.device(p.device) if p.device.type == "cuda" else contextlib.nullcontext()
+            with guard:
+                if config is not None:  # the caller's choice: no fallback
+                    module.launch_forward(q, k, v, out, lse, sm_scale, bound,
+                                          self.tile_lists(p, bound, config, axes), config)
+                    self.last_config = config
+                else:
+                    self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound,
+                                                                  axes)
+            return out, lse
+
+        if needs_grad:
+            out, lse = AttentionFunction.apply(run_forward, module, sm_scale, bound, config or self._grad_config(p),
+                                               q, k, v)
+        else:
+            run_forward()
         return (out, lse) if return_lse else out
+
+    def _grad_config(self, p: Problem) -> KernelConfig:
+        return self._fitted.get((p.device, p.dtype, p.D, p.DV, None)) or self.config_for(
+            p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv)
+
+    def _check_differentiable(self, needs_grad: bool, bound: dict[str, torch.Tensor]) -> None:
+        """Refuse, before computing anything, gradients this version cannot produce."""
+        learnable = sorted(n for n, t in bound.items() if t.requires_grad)
+        if learnable:
+            raise NotImplementedError(
+                f"variant '{self.ir.name}': gradients of tensors read by the score or mask "
+                f"({', '.join(learnable)}) are not available yet; detach them")
+        if needs_grad and self.ir.strategy not in (DENSE, BAND):
+            raise NotImplementedError(
+                f"variant '{self.ir.name}': gradients are available for masks with closed-form bands "
+                f"(none, causal, sliding windows) in this version, not for '{self.ir.strategy}' tile "
+                "plans; run under torch.no_grad() or detach the inputs")
 
     def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int, Lkv: int,
                    spatial_shape: tuple[int, ...] | None = None) -> KernelConfig:
