@@ -34,6 +34,16 @@ def _squared(score, b, h, q_idx, kv_idx):
     return score * score / 4
 
 
+@ag.score_mod
+def _clamped_abs(score, b, h, q_idx, kv_idx):
+    return torch.clamp(score, -1.5, 1.5) + 0.1 * abs(score)
+
+
+@ag.score_mod
+def _leaky(score, b, h, q_idx, kv_idx):
+    return torch.where(score > 0, score, 0.5 * score)
+
+
 @ag.mask_mod
 def _window(b, h, q_idx, kv_idx):
     return (q_idx - kv_idx <= 6) & (kv_idx - q_idx <= 2)
@@ -46,6 +56,8 @@ VARIANTS = {
     "window_softcap": ag.Variant(mask=ag.sliding_window(9, 3), score=_softcap),
     "alibi_causal": ag.Variant(mask=ag.causal(), score=_alibi),
     "squared_maskmod_window": ag.Variant(mask=_window, score=_squared),
+    "clamp_abs": ag.Variant(score=_clamped_abs),  # derivative: Heaviside and sign
+    "leaky_causal": ag.Variant(mask=ag.causal(), score=_leaky),  # derivative: Piecewise
 }
 
 

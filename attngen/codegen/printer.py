@@ -264,6 +264,19 @@ class TritonPrinter:
     def _print_Not(self, e):
         return f"~{self._wrap(self._operand(e.args[0]))}", BOOL
 
+    # derivatives of abs/min/max/where (backward kernels)
+    def _print_Heaviside(self, e):
+        x = self._float(e.args[0])
+        half = self._float(e.args[1]) if len(e.args) > 1 else "0.5"
+        return f"tl.where({x} > 0, 1.0, tl.where({x} < 0, 0.0, {half}))", FLOAT
+
+    def _print_sign(self, e):
+        x = self._float(e.args[0])
+        return f"tl.where({x} > 0, 1.0, tl.where({x} < 0, -1.0, 0.0))", FLOAT
+
+    def _print_DiracDelta(self, e):
+        return "0.0", FLOAT  # only nonzero on a set of measure zero
+
     def _print_InNeighborhood(self, e):
         self.helpers.add("na_keep")
         q, kv = (self.code(a) for a in e.args)

@@ -143,7 +143,12 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["cls_row_stmts"] = stmts(cls_row)
         ctx["cls_tile_stmts"] = stmts(cls_tile)
         ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
-    ctx["bwd"] = backward_context(ir, printer, tensors) if ir.strategy in (DENSE, BAND) else None
+    ctx["bwd"] = None
+    if ir.strategy in (DENSE, BAND):
+        try:
+            ctx["bwd"] = backward_context(ir, printer, tensors)
+        except NotImplementedError:
+            pass  # a derivative the printer cannot emit: forward only (calls that need grads say so)
     ctx["helpers"] = sorted(printer.helpers)
     ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~' 
     ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors")) or bool(

@@ -122,6 +122,9 @@ class CompiledAttention:
         if torch.is_grad_enabled():
             self._check_differentiable(needs_grad, bound)
         module = self.module(p.device)
+        if needs_grad and not hasattr(module, "launch_backward"):
+            raise NotImplementedError(f"variant '{self.ir.name}': no backward kernel could be generated for its "
+                                      "score_mod's derivative; run under torch.no_grad() or detach the inputs")
         if out is None:
             out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
         else:
