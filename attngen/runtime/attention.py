@@ -151,7 +151,7 @@ class CompiledAttention:
 
         if needs_grad:
             out, lse = AttentionFunction.apply(run_forward, module, sm_scale, bound, config or self._grad_config(p),
-                                               q, k, v)
+                                               self.ir.strategy != DENSE, q, k, v)
         else:
             run_forward()
         return (out, lse) if return_lse else out
