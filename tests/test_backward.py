@@ -97,8 +97,11 @@ def test_gradients_cross_lengths(Lq, Lkv):
         check_grads(VARIANTS[name], 2, 2, 1, Lq, Lkv, 16, 16, torch.float32)
 
 
-def test_gradients_small_tiles_many_programs():
-    check_grads(VARIANTS["alibi_causal"], 1, 4, 1, 80, 80, 40, 24, torch.float32, config=ag.KernelConfig(16, 16, 4, 1))
+@pytest.mark.parametrize("name", ["dense", "alibi_causal", "window_softcap", "causal_bottom_right"])
+@pytest.mark.parametrize("Lq,Lkv", [(80, 80), (71, 90)])
+def test_gradients_small_tiles_many_programs(name, Lq, Lkv):
+    """16 x 16 tiles: many programs, band ranges that start and end inside tiles."""
+    check_grads(VARIANTS[name], 1, 4, 1, Lq, Lkv, 40, 24, torch.float32, config=ag.KernelConfig(16, 16, 4, 1))
 
 
 def test_fully_masked_rows_get_zero_gradients():
