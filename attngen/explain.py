@@ -21,8 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from .ir.expr import KV_IDX, LKV, LQ, Q_IDX, B, H
-from .ir.nodes import AndMask, Mask, Neighborhood, Variant
+from .ir.nodes import Mask, Neighborhood, Variant
 from .ir.text import _mask_to_text, _unique_mask_names
+from .passes import UnsupportedVariant
+from .passes.tiles import conjuncts
+from .passes.tiles import split_neighborhood as neighborhood_split
 from .reference import SPATIAL, mask_matrix
 from .runtime.neighborhood import RANK, Axis, plan, prefers_dense_tiles, resolve_axes
 from .testing import synthesize_tensors
@@ -112,25 +115,23 @@ NA_DENSE_BLOCK, NA_BLOCK = 128, 64
 EXACT_LIMIT = 1 << 28  # (batch x heads x L x window) pairs evaluated for the other masks of a `&`
 
 
-def _conjuncts(mask: Mask) -> list[Mask]:
-    return _conjuncts(mask.a) + _conjuncts(mask.b) if isinstance(mask, AndMask) else [mask]
-
-
 def split_neighborhood(mask: Mask | None) -> tuple[Neighborhood | None, list[Mask]]:
     """The neighborhood that plans the tiles and the masks ``&``-ed with it, or (None, [])
-    when the mask has no neighborhood. A neighborhood under ``|`` or ``~`` (which the
-    compiler tests element-wise, passes/tiles.py) or two of them is an error here."""
-    if mask is None or not any(isinstance(m, Neighborhood) for m in mask.leaves()):
+    when the mask has no neighborhood; the compiler's split (passes/tiles.py). A
+    neighborhood under ``|`` or ``~`` (which the compiler tests element-wise) or two of them
+    is an error here."""
+    try:
+        split = neighborhood_split(mask) if mask is not None else None
+    except UnsupportedVariant:
+        split = (None, None, False)
+    if split is None:
         return None, []
-    parts = _conjuncts(mask)
-    found = [m for m in parts if isinstance(m, Neighborhood)]
-    if len(found) != 1 or any(isinstance(leaf, Neighborhood) for m in parts if not isinstance(m, Neighborhood)
-                              for leaf in m.leaves()):
+    na, rest, boxes = split
+    if not boxes:
         raise ValueError("explain: reports a neighborhood alone or combined with other masks through `&`; "
                          "under `|` or `~` the kernel tests it element-wise on 1-D tiles, which explain does "
                          "not count yet")
-    na = found[0]
-    return na, [m for m in parts if m is not na]
+    return na, conjuncts(rest) if rest is not None else []
 
 
 @dataclass(frozen=True)

@@ -528,6 +528,25 @@ def prepare(name: str, case: NACase, inputs, scale: float, device: torch.device)
     return fn, out, m
 
 
+def prepare_backends(names: Sequence[str], case: NACase, inputs, scale: float, device: torch.device,
+                     measurements: dict[str, Measurement]) -> tuple[dict[str, Fn], dict[str, Tensor]]:
+    """Build and first-call each backend (CPU smoke runs skip the GPU-only ones); failures
+    are recorded in ``measurements``. Returns the runnable ones and their outputs."""
+    fns: dict[str, Fn] = {}
+    outs: dict[str, Tensor] = {}
+    for name in names:
+        if not on_cuda(device) and name not in CPU_BACKENDS:
+            measurements[name] = Measurement(name, error="smoke on CPU: not run")
+            continue
+        fn, out, m = prepare(name, case, inputs, scale, device)
+        measurements[name] = m
+        if fn is None:
+            bf.log(f"  {name:<15} n/a ({m.error})")
+            continue
+        fns[name], outs[name] = fn, out
+    return fns, outs
+
+
 def time_backends(fns: dict[str, Fn], measurements: dict[str, Measurement], flops: float,
                   device: torch.device, args: argparse.Namespace) -> None:
     for name, fn in fns.items():
@@ -549,18 +568,7 @@ def bench_dense(case: NACase, inputs, scale: float, device: torch.device, args: 
     checked against SDPA flash's output (else cuDNN's) on the GPU, float64 SDPA on the CPU."""
     result = DenseResult(case.dense_shape, case.dense_flops)
     bf.log(f"  -- dense on the same shape ({result.name})")
-    fns: dict[str, Fn] = {}
-    outs: dict[str, Tensor] = {}
-    for name in DENSE_BACKENDS:
-        if not on_cuda(device) and name not in CPU_BACKENDS:
-            result.measurements[name] = Measurement(name, error="smoke on CPU: not run")
-            continue
-        fn, out, m = prepare(name, case, inputs, scale, device)
-        result.measurements[name] = m
-        if fn is None:
-            bf.log(f"  {name:<15} n/a ({m.error})")
-            continue
-        fns[name], outs[name] = fn, out
+    fns, outs = prepare_backends(DENSE_BACKENDS, case, inputs, scale, device, result.measurements)
     ref_name = next((b for b in ("sdpa_flash", "sdpa_cudnn") if b in outs), None)
     ref = outs.get(ref_name) if ref_name else None
     if ref is None and not on_cuda(device):
@@ -587,22 +595,13 @@ def bench_case(case: NACase, seed: int, device: torch.device, dtype: torch.dtype
     if result.mask_check:
         bf.shout(f"{case.key}: {result.mask_check} (Flex would compute another mask)")
     ref = oracle_rows(case, *inputs, scale, rows)
-    fns: dict[str, Fn] = {}
-    outs: dict[str, Tensor] = {}
-    for name in NA_BACKENDS:
-        if not on_cuda(device) and name not in CPU_BACKENDS:
-            result.measurements[name] = Measurement(name, error="smoke on CPU: not run")
-            continue
-        fn, out, m = prepare(name, case, inputs, scale, device)
-        result.measurements[name] = m
-        if fn is None:
-            bf.log(f"  {name:<15} n/a ({m.error})")
-            continue
+    fns, outs = prepare_backends(NA_BACKENDS, case, inputs, scale, device, result.measurements)
+    for name, fn in fns.items():
+        m, out = result.measurements[name], outs[name]
         m.rel_err = relative_l2(out[:, :, rows], ref)
         extra = f", block mask {fn.block_mask_s:.2f} s" if hasattr(fn, "block_mask_s") else ""
         bf.log(f"  {name:<15} ready in {m.setup_s:.1f} s{extra}, rel L2 err vs float64 on {len(rows)} rows "
                f"{m.rel_err:.2e}")
-        fns[name], outs[name] = fn, out
         if name == "attngen":
             result.attngen_config = launched_config(fn)
             result.plan = plan_info(case, result.attngen_config)

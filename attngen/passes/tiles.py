@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sympy
 
-from ..ir.expr import B, H, KV_IDX, Q_IDX, InNeighborhood, tensor_read
+from ..ir.expr import KV_IDX, Q_IDX, B, H, InNeighborhood, tensor_read
 from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, Band, KernelIR
 from ..ir.nodes import AndMask, Document, Mask, MaskMod, Neighborhood, NotMask, OrMask
 from .normalization import UnsupportedVariant
@@ -47,13 +47,14 @@ def mask_predicate(mask: Mask) -> sympy.Basic:
     raise TypeError(f"mask node {type(mask).__name__} has no element-wise predicate")
 
 
-def _conjuncts(mask: Mask) -> list[Mask]:
+def conjuncts(mask: Mask) -> list[Mask]:
+    """The operands of a chain of ``&`` (the mask itself when it is no ``&``)."""
     if isinstance(mask, AndMask):
-        return _conjuncts(mask.a) + _conjuncts(mask.b)
+        return conjuncts(mask.a) + conjuncts(mask.b)
     return [mask]
 
 
-def _split_neighborhood(mask: Mask) -> tuple[Neighborhood, Mask | None, bool] | None:
+def split_neighborhood(mask: Mask) -> tuple[Neighborhood, Mask | None, bool] | None:
     """``(neighborhood, rest, boxes)``: ``boxes`` when the mask is one neighborhood ``&``
     other masks (box tiling, ``rest`` the other operands), else the neighborhood appears
     under ``|`` or ``~`` and is tested element-wise (``rest`` is the whole mask)."""
@@ -65,7 +66,7 @@ def _split_neighborhood(mask: Mask) -> tuple[Neighborhood, Mask | None, bool] | 
             "plan_mask_tiles: a variant may use one neighborhood geometry; this mask combines "
             f"{len(found)} different ones")
     na = found.pop()
-    parts = _conjuncts(mask)
+    parts = conjuncts(mask)
     if na not in parts or any(na in p.leaves() for p in parts if p != na):
         return na, mask, False
     rest = [p for p in parts if p != na]
@@ -79,7 +80,7 @@ def _split_neighborhood(mask: Mask) -> tuple[Neighborhood, Mask | None, bool] | 
 def plan_mask_tiles(ir: KernelIR) -> KernelIR:
     """Choose dense / closed-form band ranges / run-time tile lists / neighborhood boxes."""
     mask = ir.mask
-    split = _split_neighborhood(mask) if mask is not None else None
+    split = split_neighborhood(mask) if mask is not None else None
     if split is not None:
         na, rest, boxes = split
         pred = mask_predicate(rest) if rest is not None else None

@@ -147,18 +147,14 @@ class CompiledAttention:
                 else:
                     self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound,
                                                                   axes)
-            return out, lse
+            return out, lse, self.last_config
 
         if needs_grad:
-            out, lse = AttentionFunction.apply(run_forward, module, sm_scale, bound, config or self._grad_config(p),
-                                               self.ir.strategy != DENSE, q, k, v)
+            out, lse = AttentionFunction.apply(run_forward, module, sm_scale, bound, self.ir.strategy != DENSE,
+                                               q, k, v)
         else:
             run_forward()
         return (out, lse) if return_lse else out
-
-    def _grad_config(self, p: Problem) -> KernelConfig:
-        return self._fitted.get((p.device, p.dtype, p.D, p.DV, None)) or self.config_for(
-            p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv)
 
     def _check_differentiable(self, needs_grad: bool, bound: dict[str, torch.Tensor]) -> None:
         """Refuse, before computing anything, gradients this version cannot produce."""

@@ -36,8 +36,8 @@ class AttentionFunction(torch.autograd.Function):
     """out, lse = attention(q, k, v); backward through the module's launch_backward."""
 
     @staticmethod
-    def forward(ctx, run_forward, module, sm_scale, tensors, config, masked, q, k, v):
-        out, lse = run_forward()
+    def forward(ctx, run_forward, module, sm_scale, tensors, masked, q, k, v):
+        out, lse, config = run_forward()  # config: what the forward launched with
         ctx.module, ctx.sm_scale, ctx.tensors, ctx.config, ctx.masked = module, sm_scale, tensors, config, masked
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.set_materialize_grads(False)
@@ -60,4 +60,4 @@ class AttentionFunction(torch.autograd.Function):
                 if smaller is None:
                     raise
                 config = smaller
-        return None, None, None, None, None, None, dq, dk, dv
+        return None, None, None, None, None, dq, dk, dv
