@@ -57,6 +57,10 @@ def neighborhood_attention(rank: int, q: torch.Tensor, k: torch.Tensor, v: torch
                      (("kernel_size", kernel_size), ("dilation", dilation), ("stride", stride),
                       ("is_causal", is_causal)))
     attn = _compiled(*geometry)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        # autograd owns the output: return it as a (B, *spatial, H, Dv) view
+        out = attn(qg, kg, vg, scale=scale, spatial_shape=spatial)
+        return out.transpose(1, 2).unflatten(1, spatial)
     B, H, Dv = q.shape[0], q.shape[-2], v.shape[-1]
     out = torch.empty((B, *spatial, H, Dv), dtype=q.dtype, device=q.device)
     attn(qg, kg, vg, scale=scale, spatial_shape=spatial, out=out.flatten(1, rank).transpose(1, 2))

@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh bench [ARGS]   the quickstart, then bench_forward.py ARGS
 #   bash benchmarks/gpu_session.sh neighborhood [ARGS]
 #                                                 the NA examples, then bench_neighborhood.py ARGS
+#   bash benchmarks/gpu_session.sh backward [ARGS] bench_backward.py ARGS (forward+backward vs Flex)
 set -uo pipefail
 stage=${1:-tests}
 shift || true
@@ -33,5 +34,8 @@ case "$stage" in
     done
     python3 benchmarks/bench_neighborhood.py --out "$out" "$@" 2>&1 | tee "$out/bench_neighborhood.log"
     ;;
-  *) echo "unknown stage '$stage' (tests, bench or neighborhood)" >&2; exit 2 ;;
+  backward)
+    python3 benchmarks/bench_backward.py --out "$out" "$@" 2>&1 | tee "$out/bench_backward.log"
+    ;;
+  *) echo "unknown stage '$stage' (tests, bench, neighborhood or backward)" >&2; exit 2 ;;
 esac

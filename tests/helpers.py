@@ -221,3 +221,46 @@ def assert_matches_eager(out, lse, expected_out, expected_lse, tol):
     err = rel_l2(out[~empty], expected_out[~empty])
     assert err <= tol, f"relative L2 error {err:.3g} vs the eager oracle"
     torch.testing.assert_close(lse[~empty].double(), expected_lse[~empty], rtol=tol, atol=tol)
+
+
+# --------------------------------------------------------------------------- gradients
+# relative L2 error of each gradient; the backward adds one more rounding of P and dS
+GRAD_TOLERANCE = {torch.float32: 1e-2 if ON_GPU else 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _loss_grads(fn, q, k, v, dout, dlse, learnable):
+    out, lse = fn(q, k, v)
+    finite = torch.isfinite(lse)
+    loss = (out.double() * dout.double()).sum() + (lse.double()[finite] * dlse.double()[finite]).sum()
+    return torch.autograd.grad(loss, (q, k, v, *learnable), allow_unused=True)
+
+
+def check_grads(variant_or_attn, B, Hq, Hkv, Lq, Lkv, D, Dv, dtype, *, config=None, spatial_shape=None,
+                deterministic=None, tol: float | None = None, **tensors):
+    """Gradients of q, k, v, of the returned lse (a random upstream gradient on both outputs)
+    and of every tensor in ``tensors`` that requires grad, against the float64 reference's
+    autograd. Returns the kernel's gradients (q, k, v, then the learnable tensors)."""
+    attn = _compiled(variant_or_attn)
+    g = torch.Generator().manual_seed(Lq * 7 + Lkv)
+    q = torch.randn(B, Hq, Lq, D, generator=g).to(DEVICE, dtype).requires_grad_()
+    k = torch.randn(B, Hkv, Lkv, D, generator=g).to(DEVICE, dtype).requires_grad_()
+    v = torch.randn(B, Hkv, Lkv, Dv, generator=g).to(DEVICE, dtype).requires_grad_()
+    dout = torch.randn(B, Hq, Lq, Dv, generator=g).to(DEVICE, dtype)
+    dlse = torch.randn(B, Hq, Lq, generator=g).to(DEVICE)
+    names = [n for n, t in tensors.items() if t.requires_grad]
+    learnable = [tensors[n] for n in names]
+    extra = {} if spatial_shape is None else {"spatial_shape": spatial_shape}
+    got = _loss_grads(lambda q, k, v: attn(q, k, v, return_lse=True, config=config, deterministic=deterministic,
+                                           **extra, **tensors), q, k, v, dout, dlse, learnable)
+    want = _loss_grads(lambda q, k, v: ag.reference(attn.variant)(q, k, v, return_lse=True, **extra, **tensors),
+                       q, k, v, dout, dlse, learnable)
+    tol = GRAD_TOLERANCE[dtype] if tol is None else tol
+    for name, a, b in zip(["q", "k", "v", *names], got, want):
+        if b is None or not b.abs().sum():
+            assert a is None or not a.abs().sum(), f"d{name} should be zero"
+            continue
+        assert a.dtype == (dtype if name in "qkv" else tensors[name].dtype) and a.shape == b.shape
+        assert torch.isfinite(a).all(), f"d{name} has NaN/inf"
+        err = rel_l2(a, b)
+        assert err < tol, f"d{name}: relative error {err:.2e}"
+    return got

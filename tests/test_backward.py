@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEVICE, DTYPES, dtype_id
+from helpers import DEVICE, DTYPES, GRAD_TOLERANCE, check_grads, dtype_id
 
 import attngen as ag
 from attngen.testing import relative_error
-
-# relative L2 error of each gradient; the backward adds one more rounding of P and dS
-GRAD_TOLERANCE = {torch.float32: 1e-2 if DEVICE == "cuda" else 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 _SLOPES = torch.tensor([0.25, 0.5, 0.75, 1.0])
 
@@ -59,30 +56,6 @@ VARIANTS = {
     "clamp_abs": ag.Variant(score=_clamped_abs),  # derivative: Heaviside and sign
     "leaky_causal": ag.Variant(mask=ag.causal(), score=_leaky),  # derivative: Piecewise
 }
-
-
-def grads(fn, q, k, v, dout, dlse):
-    out, lse = fn(q, k, v)
-    finite = torch.isfinite(lse)
-    loss = (out.double() * dout.double()).sum() + (lse.double()[finite] * dlse.double()[finite]).sum()
-    return (out, lse), torch.autograd.grad(loss, (q, k, v))
-
-
-def check_grads(variant, B, Hq, Hkv, Lq, Lkv, D, Dv, dtype, config=None):
-    g = torch.Generator().manual_seed(Lq * 7 + Lkv)
-    q = torch.randn(B, Hq, Lq, D, generator=g).to(DEVICE, dtype).requires_grad_()
-    k = torch.randn(B, Hkv, Lkv, D, generator=g).to(DEVICE, dtype).requires_grad_()
-    v = torch.randn(B, Hkv, Lkv, Dv, generator=g).to(DEVICE, dtype).requires_grad_()
-    dout = torch.randn(B, Hq, Lq, Dv, generator=g).to(DEVICE, dtype)
-    dlse = torch.randn(B, Hq, Lq, generator=g).to(DEVICE)
-    attn = ag.compile(variant)
-    (out, lse), got = grads(lambda q, k, v: attn(q, k, v, return_lse=True, config=config), q, k, v, dout, dlse)
-    _, want = grads(lambda q, k, v: ag.reference(variant)(q, k, v, return_lse=True), q, k, v, dout, dlse)
-    for name, a, b in zip("qkv", got, want):
-        assert a.dtype == dtype and a.shape == b.shape
-        assert torch.isfinite(a).all(), f"d{name} has NaN/inf"
-        err = relative_error(a, b)
-        assert err < GRAD_TOLERANCE[dtype], f"d{name}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

@@ -283,10 +283,14 @@ class TritonPrinter:
         return f"_na_keep({q}, {kv}, {NA_GEOMETRY_ARGS})", BOOL
 
     # -- tensor reads
+    def offset(self, e: sympy.Indexed, strides: str = "stride") -> str:
+        """The element offset of a tensor read, over the strides ``{name}_{strides}{dim}``."""
+        name = str(e.base.label)
+        return " + ".join(f"{self._wrap(self.code(i))} * {name}_{strides}{d}" for d, i in enumerate(e.indices))
+
     def _print_Indexed(self, e: sympy.Indexed) -> tuple[str, str]:
         name = str(e.base.label)
-        offset = " + ".join(f"{self._wrap(self.code(i))} * {name}_stride{d}" for d, i in enumerate(e.indices))
-        return f"_read({name}_ptr + {offset}, {name.upper()}_AS_F32)", ANY
+        return f"_read({name}_ptr + {self.offset(e)}, {name.upper()}_AS_F32)", ANY
 
 
 class HostPrinter(TritonPrinter):

@@ -41,6 +41,28 @@ class TensorArgs:
     def flag(self) -> str:
         return f"{self.name.upper()}_AS_F32"
 
+    @property
+    def grad_params(self) -> str:
+        """The fp32 gradient buffer of this tensor (backward kernels), and its strides."""
+        return ", ".join([f"{self.name}_grad_ptr"] + [f"{self.name}_gstride{d}" for d in range(self.ndim)])
+
+    @property
+    def grad_flag(self) -> str:
+        return f"{self.name.upper()}_GRAD"
+
+
+@dataclass(frozen=True)
+class GradRead:
+    """One read ``t[idx]`` of a runtime tensor by the score: where its gradient goes and the
+    score's derivative with respect to it. ``per_q``/``per_kv``: whether the index varies
+    along the tile's query/key axis (otherwise the tile is summed before the atomic add)."""
+
+    tensor: TensorArgs
+    offset: str
+    deriv: str
+    per_q: bool
+    per_kv: bool
+
 
 @dataclass(frozen=True)
 class Statement:
@@ -144,11 +166,10 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["cls_tile_stmts"] = stmts(cls_tile)
         ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
     ctx["bwd"] = None
-    if ir.strategy in (DENSE, BAND):
-        try:
-            ctx["bwd"] = backward_context(ir, printer, tensors)
-        except NotImplementedError:
-            pass  # a derivative the printer cannot emit: forward only (calls that need grads say so)
+    try:
+        ctx["bwd"] = backward_context(ir, printer, tensors)
+    except NotImplementedError:
+        pass  # a derivative the printer cannot emit: forward only (calls that need grads say so)
     ctx["helpers"] = sorted(printer.helpers)
     ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~' 
     ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors")) or bool(
@@ -163,22 +184,78 @@ def _expand_temps(ir: KernelIR, expr: sympy.Basic) -> sympy.Basic:
     return expr
 
 
+def _value_reads(expr: sympy.Basic) -> list[sympy.Indexed]:
+    """Tensor reads whose value the expression uses (not reads nested in another read's
+    index, which only select an element)."""
+    found: set[sympy.Indexed] = set()
+
+    def walk(e: sympy.Basic) -> None:
+        if isinstance(e, sympy.Indexed):
+            found.add(e)
+            return
+        for a in e.args:
+            walk(a)
+
+    walk(expr)
+    return sorted(found, key=sympy.default_sort_key)
+
+
+def _tensor_grads(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, TensorArgs]
+                  ) -> tuple[list[GradRead], set[str]]:
+    """The score's derivative with respect to each tensor read, for the gradients of
+    learnable tensors. Each read becomes a plain symbol before ``sympy.diff`` (sympy would
+    otherwise relate reads at different indices through KroneckerDelta, while each read is
+    its own term of the chain rule here). A tensor whose derivative cannot be printed gets
+    no gradient (the runtime refuses it when it requires grad). Also returns the names of
+    the tensors the derivatives read."""
+    if ir.score is None:
+        return [], set()
+    reads = _value_reads(ir.score)
+    stand_in = {r: sympy.Dummy(f"read{i}", real=True) for i, r in enumerate(reads)}
+    back = {s: r for r, s in stand_in.items()}
+    expr = ir.score.xreplace(stand_in)
+    grads: dict[str, list[GradRead]] = {}
+    failed: set[str] = set()
+    deriv_reads: set[str] = set()
+    for r in reads:
+        name = str(r.base.label)
+        deriv = sympy.diff(expr, stand_in[r]).xreplace(back).xreplace({SCORE: QK * SM_SCALE})
+        if deriv == 0 or name in failed:
+            continue
+        try:
+            code = printer.code(deriv)
+        except NotImplementedError:
+            failed.add(name)
+            continue
+        deriv_reads |= set(_reads([deriv]))
+        index_symbols = set().union(*(sympy.sympify(i).free_symbols for i in r.indices))
+        grads.setdefault(name, []).append(GradRead(tensors[name], printer.offset(r, "gstride"), code,
+                                                   Q_IDX in index_symbols, KV_IDX in index_symbols))
+    return [g for name in sorted(grads) if name not in failed for g in grads[name]], deriv_reads
+
+
 def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, TensorArgs]) -> dict:
     """The backward kernels' expressions: the score in log2 units (as the forward), its
     derivative with respect to the raw score (sympy.diff of the score_mod, evaluated at
-    score = qk * sm_scale) and the mask; printed inline, since the backward kernels also
-    compute them transposed (keys x queries)."""
+    score = qk * sm_scale), its derivatives with respect to the tensors it reads, and the
+    mask; printed inline, since the backward kernels also compute them transposed (keys x
+    queries)."""
     score = _expand_temps(ir, ir.score_log2)
     dscore = sympy.Integer(1)
     if ir.score is not None:
         dscore = sympy.diff(ir.score, SCORE).xreplace({SCORE: QK * SM_SCALE})
     pred = _expand_temps(ir, ir.tile_pred) if ir.tile_pred is not None else None
+    grads, deriv_reads = _tensor_grads(ir, printer, tensors)
     exprs = [score, dscore] + ([pred] if pred is not None else [])
+    read_names = set(_reads(exprs)) | deriv_reads
+    grad_tensors = sorted({g.tensor.name for g in grads})
     return {
         "score_code": printer.code(score),
         "dscore_code": None if dscore == 1 else printer.code(dscore),
         "mask_code": printer.code(pred) if pred is not None else None,
-        "tensors": [tensors[n] for n in _reads(exprs)],
+        "tensors": [tensors[n] for n in sorted(read_names)],
+        "grads": grads,
+        "grad_tensors": [tensors[n] for n in grad_tensors],
     }
 
 

@@ -9,9 +9,9 @@ import sympy
 import torch
 import triton
 
-from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR
+from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
-from .autograd import AttentionFunction
+from .autograd import AttentionFunction, BackwardSetup
 from .config import KernelConfig, choose_config
 from .loader import interpreter_active, load_module
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
@@ -106,21 +106,27 @@ class CompiledAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                  return_lse: bool = False, config: KernelConfig | None = None,
                  spatial_shape: tuple[int, ...] | None = None, out: torch.Tensor | None = None,
-                 **tensors: torch.Tensor):
+                 deterministic: bool | None = None, **tensors: torch.Tensor):
         """Attention over q (B, Hq, Lq, D), k (B, Hkv, Lkv, D), v (B, Hkv, Lkv, Dv).
 
         ``spatial_shape``: the grid of a neighborhood variant. ``out``: where to write the
         output (B, Hq, Lq, Dv), any strides (``ag.na2d`` passes a view of NATTEN's layout).
         ``config``: a fixed launch configuration instead of the heuristic.
+        ``deterministic``: compute gradients of score tensors without atomics (slower;
+        default: ``torch.are_deterministic_algorithms_enabled()``). q, k, v gradients are
+        always deterministic.
         """
         p, sm_scale, bound, axes = self.prepare(q, k, v, scale, spatial_shape, **tensors)
         if not isinstance(return_lse, bool):
             raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
         if config is not None and not isinstance(config, KernelConfig):
             raise TypeError(f"config must be an attngen KernelConfig, got {type(config).__name__}")
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        if torch.is_grad_enabled():
-            self._check_differentiable(needs_grad, bound)
+        if deterministic is None:
+            deterministic = torch.are_deterministic_algorithms_enabled()
+        elif not isinstance(deterministic, bool):
+            raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
+        learnable = tuple(n for n, t in bound.items() if t.requires_grad) if torch.is_grad_enabled() else ()
+        needs_grad = torch.is_grad_enabled() and (any(t.requires_grad for t in (q, k, v)) or bool(learnable))
         module = self.module(p.device)
         if needs_grad and not hasattr(module, "launch_backward"):
             raise NotImplementedError(f"variant '{self.ir.name}': no backward kernel could be generated for its "
@@ -150,24 +156,33 @@ class CompiledAttention:
             return out, lse, self.last_config
 
         if needs_grad:
-            out, lse = AttentionFunction.apply(run_forward, module, sm_scale, bound, self.ir.strategy != DENSE,
-                                               q, k, v)
+            setup = self._backward_setup(module, p, sm_scale, bound, axes, learnable, deterministic, spatial_shape)
+            out, lse = AttentionFunction.apply(run_forward, setup, q, k, v, *(bound[n] for n in learnable))
         else:
             run_forward()
         return (out, lse) if return_lse else out
 
-    def _check_differentiable(self, needs_grad: bool, bound: dict[str, torch.Tensor]) -> None:
-        """Refuse, before computing anything, gradients this version cannot produce."""
-        learnable = sorted(n for n, t in bound.items() if t.requires_grad)
-        if learnable:
-            raise NotImplementedError(
-                f"variant '{self.ir.name}': gradients of tensors read by the score or mask "
-                f"({', '.join(learnable)}) are not available yet; detach them")
-        if needs_grad and self.ir.strategy not in (DENSE, BAND):
-            raise NotImplementedError(
-                f"variant '{self.ir.name}': gradients are available for masks with closed-form bands "
-                f"(none, causal, sliding windows) in this version, not for '{self.ir.strategy}' tile "
-                "plans; run under torch.no_grad() or detach the inputs")
+    def _backward_setup(self, module, p: Problem, sm_scale: float, bound: dict[str, torch.Tensor], axes,
+                        learnable: tuple[str, ...], deterministic: bool, spatial_shape) -> BackwardSetup:
+        in_kernel = frozenset() if deterministic else frozenset(learnable) & frozenset(module.GRAD_TENSORS)
+
+        def tiles_for(config: tuple[KernelConfig, KernelConfig]):
+            kv_cfg, q_cfg = config
+            if self.ir.strategy == NEIGHBORHOOD:
+                return (plan_neighborhood(axes, kv_cfg.block_m, kv_cfg.block_n),
+                        plan_neighborhood(axes, q_cfg.block_m, q_cfg.block_n))
+            if self.ir.strategy == TILES:
+                return self.tile_lists(p, bound, kv_cfg, axes).transposed(), self.tile_lists(p, bound, q_cfg, axes)
+            return None, None
+
+        def tensor_grads_in_torch(names, q, k, v, out, lse, dout, dlse):
+            from .tensor_grads import score_tensor_grads  # the reference's evaluator: only when asked
+
+            return score_tensor_grads(self.variant, names, q, k, v, out, lse, dout, dlse, sm_scale, bound,
+                                      spatial_shape)
+
+        return BackwardSetup(module, sm_scale, bound, self.ir.strategy != DENSE, learnable, in_kernel, tiles_for,
+                             tensor_grads_in_torch)
 
     def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int, Lkv: int,
                    spatial_shape: tuple[int, ...] | None = None) -> KernelConfig:

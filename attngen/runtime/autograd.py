@@ -1,12 +1,19 @@
 """Autograd for compiled variants: the forward kernel, and the generated backward kernels
 (``launch_backward`` in the module: a dK/dV pass over query tiles and a dQ pass over KV
-tiles, FlashAttention-2 style) for the gradients of q, k, v and of the returned lse.
+tiles, FlashAttention-2 style, on the forward's tile plan) for the gradients of q, k, v,
+of the returned lse and of the tensors the score reads.
 
-Available for the dense and band strategies (no mask, causal, sliding windows and
-band-shaped mask_mods) with any score_mod whose derivative the printer can emit; tensors
-read by the score do not receive gradients yet.
+Determinism: dQ, dK and dV are deterministic (each program owns its rows; a GQA group is
+summed inside the program). Gradients of score tensors are added with fp32 atomics in
+the dK/dV pass, so their summation order, and the last bits, vary from run to run. With
+``deterministic=True`` (or ``torch.use_deterministic_algorithms(True)``) they are
+recomputed instead by ``tensor_grads.score_tensor_grads``, chunk by chunk in torch, in a
+fixed order: slower, and bitwise reproducible.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
@@ -14,8 +21,7 @@ import triton
 from .config import KernelConfig
 
 
-def backward_config(device: torch.device, dtype: torch.dtype, D: int, forward: KernelConfig, masked: bool
-                    ) -> tuple[KernelConfig, KernelConfig]:
+def backward_config(device: torch.device, forward: KernelConfig, masked: bool) -> tuple[KernelConfig, KernelConfig]:
     """Tiles of the (dK/dV, dQ) passes: each program owns a tile of BLOCK_OWN rows and steps
     through the other side BLOCK_STEP at a time (FlashAttention-2's split). H100, bf16,
     L=8192, D=128 (benchmarks/NOTES.md): 128/64 with 8 warps is best without a mask (391
@@ -32,32 +38,58 @@ def _smaller(pair: tuple[KernelConfig, KernelConfig]) -> tuple[KernelConfig, Ker
     return None if kv is None or q is None else (kv, q)
 
 
+@dataclass
+class BackwardSetup:
+    """What the backward needs besides the saved tensors.
+
+    ``tensors``: every tensor the kernels read, by name. ``learnable``: names of the
+    inputs after q, k, v (tensors that require grad). ``tiles_for(config)``: the tile
+    plans of both passes at a config pair. ``tensor_grads_in_torch(names, ...)``: the
+    deterministic (or fallback) gradients of score tensors.
+    """
+
+    module: object
+    sm_scale: float
+    tensors: dict[str, torch.Tensor]
+    masked: bool
+    learnable: tuple[str, ...]
+    kernel_grads: frozenset[str]  # learnable tensors whose gradients the kernels accumulate
+    tiles_for: Callable
+    tensor_grads_in_torch: Callable
+
+
 class AttentionFunction(torch.autograd.Function):
-    """out, lse = attention(q, k, v); backward through the module's launch_backward."""
+    """out, lse = attention(q, k, v, *learnable); backward through the module's launch_backward."""
 
     @staticmethod
-    def forward(ctx, run_forward, module, sm_scale, tensors, masked, q, k, v):
+    def forward(ctx, run_forward, setup: BackwardSetup, q, k, v, *learnable):
         out, lse, config = run_forward()  # config: what the forward launched with
-        ctx.module, ctx.sm_scale, ctx.tensors, ctx.config, ctx.masked = module, sm_scale, tensors, config, masked
+        ctx.setup, ctx.config = setup, config
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable()  # out and lse are differentiable outputs
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
+        setup: BackwardSetup = ctx.setup
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        config = backward_config(q.device, q.dtype, q.shape[-1], ctx.config, ctx.masked)
+        config = backward_config(q.device, ctx.config, setup.masked)
         while True:
+            buffers = {n: torch.zeros(setup.tensors[n].shape, dtype=torch.float32, device=q.device)
+                       for n in setup.kernel_grads}
             try:
-                dq, dk, dv = ctx.module.launch_backward(q, k, v, out, lse, dout, dlse, ctx.sm_scale, ctx.tensors,
-                                                        config)
+                dq, dk, dv = setup.module.launch_backward(q, k, v, out, lse, dout, dlse, setup.sm_scale,
+                                                          setup.tensors, buffers, config, setup.tiles_for(config))
                 break
             except triton.runtime.errors.OutOfResources:
                 smaller = _smaller(config)
                 if smaller is None:
                     raise
                 config = smaller
-        return None, None, None, None, None, dq, dk, dv
+        grads = {n: b.to(setup.tensors[n].dtype) for n, b in buffers.items()}
+        rest = [n for n in setup.learnable if n not in grads]
+        if rest:
+            grads.update(setup.tensor_grads_in_torch(rest, q, k, v, out, lse, dout, dlse))
+        return (None, None, dq, dk, dv, *(grads.get(n) for n in setup.learnable))

@@ -145,6 +145,17 @@ class NeighborhoodPlan:
         return math.prod(t.query_tiles for t in self.per_axis)
 
     @property
+    def kv_programs(self) -> int:
+        """KV boxes aligned to the grid of each dilation group: the backward dK/dV pass's
+        programs."""
+        return math.prod(a.dilation * -(-(-(-a.size // a.dilation)) // tn) for a, tn in zip(self.axes, self.kv_box))
+
+    @property
+    def search_steps(self) -> int:
+        """Halvings that cover the longest axis (the dK/dV pass's binary searches)."""
+        return max(a.size for a in self.axes).bit_length() + 1
+
+    @property
     def has_partial(self) -> bool:
         """Whether any KV tile needs mask code (False: perfectly block sparse)."""
         return any(t.kv_tiles != t.full_tiles for t in self.per_axis)
@@ -164,12 +175,17 @@ class NeighborhoodPlan:
         }
 
     def constexprs(self) -> dict[str, object]:
-        """The kernel's compile-time geometry and tile boxes."""
+        """The forward kernel's compile-time geometry, tile boxes and HAS_PARTIAL."""
+        out = self.box_constexprs()
+        out["HAS_PARTIAL"] = self.has_partial
+        return out
+
+    def box_constexprs(self) -> dict[str, object]:
+        """The compile-time geometry and tile boxes."""
         out: dict[str, object] = {}
         for i, (a, tm, tn) in enumerate(zip(self.axes, self.q_box, self.kv_box)):
             out.update({f"K{i}": a.kernel, f"DIL{i}": a.dilation, f"STR{i}": a.stride, f"CAUSAL{i}": a.causal,
                         f"TM{i}": tm, f"TN{i}": tn})
-        out["HAS_PARTIAL"] = self.has_partial
         # leading axes of size 1 need no window test (only one position, always inside)
         out["FIRST_AXIS"] = next((i for i, a in enumerate(self.axes) if a.size > 1), RANK - 1)
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -25,6 +25,7 @@ class TileLists:
     partial_count: torch.Tensor
     partial_index: torch.Tensor
     axes: tuple | None = None  # the neighborhood's axes when the mask tests one element-wise
+    _transposed: "TileLists | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, bm: int, hm: int, num_m: int, num_n: int, device: torch.device) -> "TileLists":
@@ -49,6 +50,29 @@ class TileLists:
             out.update({f"S{i}": a.size, f"K{i}": a.kernel, f"DIL{i}": a.dilation, f"STR{i}": a.stride,
                         f"CAUSAL{i}": a.causal})
         return out
+
+    def transposed(self) -> "TileLists":
+        """The same classification listed per KV tile: (Bm, Hm, KV tiles, query tiles), for
+        the backward's dK/dV pass. Computed once per classification, on its device."""
+        if self._transposed is None:
+            bm, hm, num_m, num_n = self.full_index.shape
+            slots = torch.arange(num_n, device=self.full_index.device)
+            kind = torch.zeros((bm, hm, num_m, num_n + 1), dtype=torch.int8, device=self.full_index.device)
+            for count, index, code in ((self.partial_count, self.partial_index, 1),
+                                       (self.full_count, self.full_index, 2)):
+                listed = slots < count[..., None]  # entries past the count are unset memory
+                kind.scatter_(3, torch.where(listed, index, num_n).long(), code)
+            kind = kind[..., :num_n].transpose(2, 3)
+
+            def lists(code):
+                hit = kind == code
+                # stable sort puts the listed query tiles first, in increasing order
+                order = torch.sort((~hit).to(torch.int8), dim=-1, stable=True).indices
+                return hit.sum(-1, dtype=torch.int32).contiguous(), order.to(torch.int32).contiguous()
+
+            (fc, fi), (pc, pi) = lists(2), lists(1)
+            self._transposed = TileLists(fc, fi, pc, pi, self.axes)
+        return self._transposed
 
     def visited(self) -> tuple[int, int]:
         """(full tiles, partial tiles) summed over every query tile."""

@@ -1,0 +1,125 @@
+"""Gradients through run-time tile lists (document masks, arbitrary mask_mods) and
+neighborhood boxes, against the float64 reference's autograd.
+
+Small tiles (16 x 16) make many programs, so the transposed tile lists of the dK/dV pass
+and the inverse neighborhood windows (the queries whose windows reach a KV box) are walked
+across tile borders, ragged ends, dilation groups and strides.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import DEVICE, DTYPES, GRAD_TOLERANCE, check_grads, doc_ids, dtype_id
+
+import attngen as ag
+
+SMALL = ag.KernelConfig(16, 16, 4, 1)
+
+
+@ag.mask_mod
+def _same_doc(b, h, q_idx, kv_idx, doc):
+    return doc[b, q_idx] == doc[b, kv_idx]
+
+
+@ag.mask_mod
+def _stripes(b, h, q_idx, kv_idx):
+    return ((q_idx + kv_idx + h) % 3 != 0) & (kv_idx < 30 + 5 * h)
+
+
+@ag.mask_mod
+def _late_rows_only(b, h, q_idx, kv_idx):
+    return q_idx >= 20  # rows 0..19 attend nothing
+
+
+@ag.score_mod
+def _softcap(score, b, h, q_idx, kv_idx):
+    return 5.0 * torch.tanh(score / 5.0)
+
+
+TILE_VARIANTS = {
+    "document_causal": ag.Variant(mask=ag.causal() & _same_doc),
+    "document_softcap": ag.Variant(mask=_same_doc, score=_softcap),
+    "stripes_per_head": ag.Variant(mask=_stripes),
+    "neighborhood_or_first_row": ag.Variant(mask=ag.neighborhood((3, 3)) | ag.sliding_window(0, 3)),
+}
+NA_CASES = {  # name: (variant, spatial shape)
+    "1d_k5": (ag.Variant(mask=ag.neighborhood(5)), (45,)),
+    "2d_3x5": (ag.Variant(mask=ag.neighborhood((3, 5))), (7, 9)),
+    "2d_dilated_strided": (ag.Variant(mask=ag.neighborhood((3, 4), dilation=(2, 1), stride=(1, 2))), (7, 10)),
+    "2d_causal_blocked": (ag.Variant(mask=ag.neighborhood((4, 4), stride=(4, 2), is_causal=(True, False))),
+                          (8, 9)),
+    "3d_softcap": (ag.Variant(mask=ag.neighborhood((2, 3, 3)), score=_softcap), (3, 5, 6)),
+    "2d_and_causal": (ag.Variant(mask=ag.neighborhood((5, 5)) & ag.causal()), (6, 8)),
+    "2d_axial": (ag.Variant(mask=ag.neighborhood((1, 8))), (5, 8)),
+}
+
+
+def _tensors(name, B, L):
+    return {"doc": doc_ids(B, L, 3)} if name.startswith("document") else {}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("name", list(TILE_VARIANTS))
+def test_tile_list_gradients(name, dtype):
+    spatial = {"spatial_shape": (7, 9)} if "neighborhood" in name else {}
+    check_grads(TILE_VARIANTS[name], 2, 4, 2, 63, 63, 32, 24, dtype, config=SMALL, **spatial,
+                **_tensors(name, 2, 63))
+
+
+@pytest.mark.parametrize("name", ["document_causal", "stripes_per_head"])
+def test_tile_list_gradients_default_tiles(name):
+    check_grads(TILE_VARIANTS[name], 1, 2, 1, 70, 70, 16, 16, torch.float32, **_tensors(name, 1, 70))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("name", list(NA_CASES))
+def test_neighborhood_gradients(name, dtype):
+    variant, shape = NA_CASES[name]
+    L = int(torch.tensor(shape).prod())
+    check_grads(variant, 1, 4, 2, L, L, 32, 16, dtype, config=SMALL, spatial_shape=shape)
+
+
+@pytest.mark.parametrize("name", ["2d_3x5", "2d_dilated_strided"])
+def test_neighborhood_gradients_default_tiles(name):
+    variant, shape = NA_CASES[name]
+    L = int(torch.tensor(shape).prod())
+    check_grads(variant, 2, 2, 1, L, L, 16, 16, torch.float32, spatial_shape=shape)
+
+
+def test_neighborhood_gradients_through_natten_layout():
+    """ag.na2d (NATTEN's (B, X, Y, H, D) layout, views into it) is differentiable."""
+    q, k, v = (torch.randn(1, 6, 7, 2, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    out = ag.na2d(q, k, v, kernel_size=3)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    variant = ag.Variant(mask=ag.neighborhood(3))
+
+    def as_bhld(x):
+        return x.flatten(1, 2).transpose(1, 2)
+
+    ref = ag.reference(variant)(as_bhld(q), as_bhld(k), as_bhld(v), spatial_shape=(6, 7))
+    want = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for a, b in zip(grads, want):
+        assert (a.double() - b).norm() / b.norm() < GRAD_TOLERANCE[torch.float32]
+
+
+def test_fully_masked_rows_have_zero_gradients_in_tile_lists():
+    variant = ag.Variant(mask=_late_rows_only & ag.causal())
+    q = torch.randn(1, 2, 40, 16, device=DEVICE, requires_grad=True)
+    k = torch.randn(1, 2, 40, 16, device=DEVICE, requires_grad=True)
+    v = torch.randn(1, 2, 40, 16, device=DEVICE, requires_grad=True)
+    out = ag.compile(variant)(q, k, v, config=SMALL)
+    out.sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert (q.grad[:, :, :20] == 0).all()
+    check_grads(variant, 1, 2, 2, 40, 40, 16, 16, torch.float32, config=SMALL)
+
+
+def test_document_gradients_follow_in_place_id_changes():
+    """The transposed lists come from the same cached classification, which an in-place
+    update of document ids invalidates."""
+    attn = ag.compile(TILE_VARIANTS["document_causal"])
+    doc = doc_ids(1, 50, 3)
+    check_grads(attn, 1, 2, 1, 50, 50, 16, 16, torch.float32, config=SMALL, doc=doc)
+    doc.copy_(doc_ids(1, 50, 5))
+    check_grads(attn, 1, 2, 1, 50, 50, 16, 16, torch.float32, config=SMALL, doc=doc)
