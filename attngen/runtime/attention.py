@@ -35,15 +35,19 @@ def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:
 
 
 def _reads_per_tile(ir: KernelIR) -> bool:
-    """Whether the score or mask reads a tensor at positions that depend on kv_idx."""
+    """Whether the score reads a tensor at positions that depend on kv_idx (a gather in
+    every KV tile). The mask's reads do not count: they run in partial tiles only, which
+    structured masks such as documents have few of."""
     from ..ir.expr import KV_IDX
 
     per_kv = {KV_IDX}
     for sym, expr in ir.temps:  # temporaries are in dependency order
         if expr.free_symbols & per_kv:
             per_kv.add(sym)
-    exprs = [e for _, e in ir.temps] + [ir.score_log2] + ([ir.tile_pred] if ir.tile_pred is not None else [])
-    return any(r.free_symbols & per_kv for e in exprs for r in e.atoms(sympy.Indexed))
+    score = ir.score_log2
+    for sym, expr in reversed(ir.temps):  # the score with its temporaries expanded
+        score = score.xreplace({sym: expr})
+    return any(r.free_symbols & per_kv for r in score.atoms(sympy.Indexed))
 
 
 class CompiledAttention:
