@@ -205,16 +205,27 @@ def reference(variant: Variant) -> Callable:
             s = s.expand(p.B, p.HQ, p.Lq, p.Lkv)
         keep = torch.as_tensor(mask_matrix(variant.mask, env, bound), device=dev)
         norm = variant.norm
-        if isinstance(norm, Softmax) and not norm.sink:
+        if isinstance(norm, Softmax):
             s = torch.where(keep, s, -math.inf)
             m = s.amax(-1, keepdim=True).detach()  # a shift only; softmax does not depend on it
+            if norm.sink:  # one more logit per head, attached to no value
+                sink = bound["sinks"].double().view(1, -1, 1, 1)
+                m = torch.maximum(m, sink.detach())
             m = torch.where(torch.isinf(m) & (m < 0), 0.0, m)
             e = torch.exp(s - m)
             denom = e.sum(-1, keepdim=True)
+            if norm.sink:
+                denom = denom + torch.exp(sink - m)
             out = (e / torch.where(denom == 0, 1.0, denom)) @ vd
             lse = torch.where(denom == 0, -math.inf, m + torch.log(denom)).squeeze(-1)
             return (out, lse) if return_lse else out
-        what = {Sigmoid: "sigmoid", Linear: "linear"}.get(type(norm), "softmax with sinks")
-        raise NotImplementedError(f"reference: {what} normalization is not implemented in this version")
+        if isinstance(norm, Sigmoid):
+            if return_lse:
+                raise ValueError("return_lse: sigmoid attention has no log-sum-exp")
+            bias = -math.log(p.Lkv) if norm.bias is None else norm.bias
+            # masked entries (and scores of -inf) weigh 0
+            weight = torch.where(keep & (s > -math.inf), torch.sigmoid(s + bias), 0.0)
+            return weight @ vd
+        raise NotImplementedError("reference: linear normalization is not implemented in this version")
 
     return run

@@ -15,7 +15,7 @@ import torch
 from sympy.core.relational import Relational
 
 from .ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX
-from .ir.nodes import CAPTURED, Document, MaskMod, Neighborhood, Variant
+from .ir.nodes import CAPTURED, Document, MaskMod, Neighborhood, Softmax, Variant
 from .reference import evaluate
 
 
@@ -56,6 +56,8 @@ def synthesize_tensors(variant: Variant, B_: int, Hq: int, Lq: int, Lkv: int, de
         n_docs = max(1, min(Lq, 4))
         ids = torch.randint(0, n_docs, (B_, Lq), generator=generator)
         out["document_ids"] = torch.sort(ids, dim=1).values.to(device)
+    if isinstance(variant.norm, Softmax) and variant.norm.sink:
+        out["sinks"] = torch.randn(Hq, generator=generator).to(device)  # one logit per query head
     exprs = _expressions(variant)
     ints = _integer_tensors(exprs)
     reads = sorted({r for e in exprs for r in e.atoms(sympy.Indexed)}, key=sympy.default_sort_key)
@@ -119,6 +121,6 @@ def fitting_spatial_shape(variant: Variant, extra: int = 3) -> tuple[int, ...] |
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64 (absolute error when ref is all zeros)."""
-    diff = (out.double() - ref.double()).norm()
-    scale = ref.double().norm()
+    diff = (out.detach().double() - ref.detach().double()).norm()
+    scale = ref.detach().double().norm()
     return float(diff / scale) if scale > 0 else float(diff)

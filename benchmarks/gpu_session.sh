@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_session.sh neighborhood [ARGS]
 #                                                 the NA examples, then bench_neighborhood.py ARGS
 #   bash benchmarks/gpu_session.sh backward [ARGS] bench_backward.py ARGS (forward+backward vs Flex)
+#   bash benchmarks/gpu_session.sh norms [ARGS]    the normalization examples, then bench_normalizations.py
 set -uo pipefail
 stage=${1:-tests}
 shift || true
@@ -37,5 +38,11 @@ case "$stage" in
   backward)
     python3 benchmarks/bench_backward.py --out "$out" "$@" 2>&1 | tee "$out/bench_backward.log"
     ;;
-  *) echo "unknown stage '$stage' (tests, bench, neighborhood or backward)" >&2; exit 2 ;;
+  norms)
+    for ex in examples/sigmoid_attention.py examples/attention_sinks.py examples/gaussian_kernel.py; do
+      python3 "$ex" 2>&1 | tee -a "$out/norm_examples.log"
+    done
+    python3 benchmarks/bench_normalizations.py --out "$out" "$@" 2>&1 | tee "$out/bench_normalizations.log"
+    ;;
+  *) echo "unknown stage '$stage' (tests, bench, neighborhood, backward or norms)" >&2; exit 2 ;;
 esac

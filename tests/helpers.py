@@ -229,9 +229,12 @@ GRAD_TOLERANCE = {torch.float32: 1e-2 if ON_GPU else 1e-5, torch.float16: 1e-2, 
 
 
 def _loss_grads(fn, q, k, v, dout, dlse, learnable):
-    out, lse = fn(q, k, v)
-    finite = torch.isfinite(lse)
-    loss = (out.double() * dout.double()).sum() + (lse.double()[finite] * dlse.double()[finite]).sum()
+    result = fn(q, k, v)
+    out, lse = result if isinstance(result, tuple) else (result, None)
+    loss = (out.double() * dout.double()).sum()
+    if lse is not None:
+        finite = torch.isfinite(lse)
+        loss = loss + (lse.double()[finite] * dlse.double()[finite]).sum()
     return torch.autograd.grad(loss, (q, k, v, *learnable), allow_unused=True)
 
 
@@ -250,9 +253,10 @@ def check_grads(variant_or_attn, B, Hq, Hkv, Lq, Lkv, D, Dv, dtype, *, config=No
     names = [n for n, t in tensors.items() if t.requires_grad]
     learnable = [tensors[n] for n in names]
     extra = {} if spatial_shape is None else {"spatial_shape": spatial_shape}
-    got = _loss_grads(lambda q, k, v: attn(q, k, v, return_lse=True, config=config, deterministic=deterministic,
+    has_lse = not isinstance(attn.variant.norm, ag.Sigmoid)  # the lse, when there is one, gets a gradient too
+    got = _loss_grads(lambda q, k, v: attn(q, k, v, return_lse=has_lse, config=config, deterministic=deterministic,
                                            **extra, **tensors), q, k, v, dout, dlse, learnable)
-    want = _loss_grads(lambda q, k, v: ag.reference(attn.variant)(q, k, v, return_lse=True, **extra, **tensors),
+    want = _loss_grads(lambda q, k, v: ag.reference(attn.variant)(q, k, v, return_lse=has_lse, **extra, **tensors),
                        q, k, v, dout, dlse, learnable)
     tol = GRAD_TOLERANCE[dtype] if tol is None else tol
     for name, a, b in zip(["q", "k", "v", *names], got, want):

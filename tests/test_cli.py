@@ -112,10 +112,10 @@ def test_bad_ir_file_names_the_line(tmp_path):
 
 
 def test_unsupported_normalization_is_a_clear_error(tmp_path):
-    ir = tmp_path / "sig.ir"
-    ir.write_text("attngen 1\nvariant sig\nnorm = sigmoid()\n")
+    ir = tmp_path / "lin.ir"
+    ir.write_text("attngen 1\nvariant lin\nnorm = linear()\n")
     proc = run_cli("compile", str(ir), check=False)
-    assert proc.returncode == 1 and "sigmoid attention is not compiled yet" in proc.stderr
+    assert proc.returncode == 1 and "linear attention is not compiled yet" in proc.stderr
 
 
 def test_explain_causal_density_and_bounds():

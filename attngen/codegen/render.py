@@ -15,7 +15,8 @@ import sympy
 from .. import __version__
 from .._resources import template_dir
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SCORE, SM_SCALE
-from ..ir.kernel import BAND, DENSE, TILES, KernelIR
+from ..ir.kernel import BAND, TILES, KernelIR
+from ..ir.nodes import Sigmoid, Softmax
 from .printer import HostPrinter, TritonPrinter
 
 TEMPLATE = "attention_fwd.py.j2"
@@ -165,6 +166,12 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["cls_row_stmts"] = stmts(cls_row)
         ctx["cls_tile_stmts"] = stmts(cls_tile)
         ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
+    ctx["algorithm"] = ir.algorithm
+    ctx["softmax"] = ir.algorithm == "online_softmax"
+    ctx["sink"] = isinstance(ir.norm, Softmax) and ir.norm.sink
+    if ctx["sink"] and "sinks" not in {t.name for t in ctx["fwd_tensors"]}:
+        ctx["fwd_tensors"].append(TensorArgs("sinks", 1))  # read once per row, after the KV loop
+    ctx["sigmoid_bias"] = ir.norm.bias if isinstance(ir.norm, Sigmoid) else None
     ctx["bwd"] = None
     try:
         ctx["bwd"] = backward_context(ir, printer, tensors)
@@ -256,6 +263,8 @@ def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, Te
         "tensors": [tensors[n] for n in sorted(read_names)],
         "grads": grads,
         "grad_tensors": [tensors[n] for n in grad_tensors],
+        # gradients the launcher computes in torch from per-row values (sink logits)
+        "host_grads": ["sinks"] if isinstance(ir.norm, Softmax) and ir.norm.sink else [],
     }
 
 

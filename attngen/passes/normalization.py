@@ -12,12 +12,18 @@ class UnsupportedVariant(NotImplementedError):
 
 @compiler_pass(provides=("algorithm",))
 def lower_normalization(ir: KernelIR) -> KernelIR:
-    """Softmax -> online softmax with exp2 and a running max (FlashAttention-2 style)."""
+    """Pick the kernel's normalization stage.
+
+    Softmax (with or without sinks) -> online softmax with exp2 and a running max
+    (FlashAttention-2 style); sinks join the denominator once, after the KV loop.
+    Sigmoid -> an element-wise weight, with no running max, rescaling or row sum
+    (FlashSigmoid).
+    """
     norm = ir.norm
-    if isinstance(norm, Softmax) and not norm.sink:
+    if isinstance(norm, Softmax):
         return ir.replace(algorithm="online_softmax")
-    what = ("softmax with attention sinks" if isinstance(norm, Softmax) else
-            "sigmoid attention" if isinstance(norm, Sigmoid) else
-            "linear attention" if isinstance(norm, Linear) else repr(norm))
+    if isinstance(norm, Sigmoid):
+        return ir.replace(algorithm="sigmoid")
+    what = "linear attention" if isinstance(norm, Linear) else repr(norm)
     raise UnsupportedVariant(f"variant '{ir.name}': {what} is not compiled yet in this version of attngen "
-                             "(only softmax is); see the README's feature status")
+                             "(softmax and sigmoid are); see the README's feature status")

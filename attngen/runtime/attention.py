@@ -123,6 +123,9 @@ class CompiledAttention:
         p, sm_scale, bound, axes = self.prepare(q, k, v, scale, spatial_shape, **tensors)
         if not isinstance(return_lse, bool):
             raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
+        if return_lse and self.ir.algorithm != "online_softmax":
+            raise ValueError(f"return_lse: variant '{self.ir.name}' uses {self.ir.algorithm} normalization, "
+                             "which has no log-sum-exp")
         if config is not None and not isinstance(config, KernelConfig):
             raise TypeError(f"config must be an attngen KernelConfig, got {type(config).__name__}")
         if deterministic is None:
@@ -168,7 +171,8 @@ class CompiledAttention:
 
     def _backward_setup(self, module, p: Problem, sm_scale: float, bound: dict[str, torch.Tensor], axes,
                         learnable: tuple[str, ...], deterministic: bool, spatial_shape) -> BackwardSetup:
-        in_kernel = frozenset() if deterministic else frozenset(learnable) & frozenset(module.GRAD_TENSORS)
+        computed = set(module.HOST_GRAD_TENSORS) if deterministic else set(module.GRAD_TENSORS)
+        in_kernel = frozenset(learnable) & computed
 
         def tiles_for(config: tuple[KernelConfig, KernelConfig]):
             kv_cfg, q_cfg = config

@@ -112,6 +112,12 @@ def check_runtime_tensors(params: tuple[TensorParam, ...], given: Mapping[str, o
         if value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"{what} has dtype {value.dtype}; use a real floating or integer dtype")
         out[t.name] = value
+    if "sinks" in out:  # ag.softmax(sink=True)'s per-head logits
+        sinks = out["sinks"]
+        if not sinks.dtype.is_floating_point:
+            raise TypeError(f"sinks must be a floating tensor, got {sinks.dtype}")
+        if tuple(sinks.shape) != (p.HQ,):
+            raise ValueError(f"sinks must have shape (Hq,) = ({p.HQ},), got {tuple(sinks.shape)}")
     if "document_ids" in out:
         doc = out["document_ids"]
         if doc.dtype.is_floating_point:
