@@ -72,9 +72,11 @@ from .natten import na1d, na2d, na3d  # noqa: E402
 from .reference import reference  # noqa: E402
 from .runtime.attention import CompiledAttention  # noqa: E402
 from .runtime.config import KernelConfig  # noqa: E402
+from .runtime.linear import CompiledLinearAttention, LinearConfig  # noqa: E402
 
 __all__ = [
     "AndMask", "Causal", "CompiledAttention", "Document", "IRSyntaxError", "KernelConfig", "Linear", "Mask",
+    "CompiledLinearAttention", "LinearConfig",
     "MaskMod", "Neighborhood", "NotMask", "OrMask", "ScoreMod", "Sigmoid", "SlidingWindow", "Softmax", "TensorParam", "TraceError",
     "UnsupportedVariant", "Variant", "__version__", "causal", "compile", "document", "linear", "load",
     "load_compiled", "loads", "mask_mod", "na1d", "na2d", "na3d", "neighborhood", "reference", "score_mod", "sigmoid", "sliding_window", "softmax",

@@ -77,6 +77,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile as compile_variant
     from .ir.text import variant_to_text
     from .codegen.render import render_generated_test
+    from .passes.normalization import CHUNKED_LINEAR
 
     variant = load_spec(args.spec)
 
@@ -92,7 +93,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _write(ir_file, attn.ir.to_text())
     _write(test, render_generated_test(name, variant_to_text(variant), attn.ir.to_text()))
     status = "from cache" if attn.from_cache else "generated"
-    print(f"{name}: {attn.ir.strategy} tiles, kernel {status}\n  {module}\n  {ir_file}\n  {test}")
+    plan = "chunked linear attention" if attn.ir.algorithm == CHUNKED_LINEAR else f"{attn.ir.strategy} tiles"
+    print(f"{name}: {plan}, kernel {status}\n  {module}\n  {ir_file}\n  {test}")
     return 0
 
 

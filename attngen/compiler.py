@@ -12,8 +12,10 @@ from .codegen.render import render, template_sources
 from .ir.kernel import KernelIR
 from .ir.nodes import Variant
 from .passes import lower
+from .passes.normalization import CHUNKED_LINEAR
 from .runtime.attention import CompiledAttention
 from .runtime.cache import cache_key, get_or_build
+from .runtime.linear import CompiledLinearAttention
 
 _TEMPLATES: str | None = None
 
@@ -34,8 +36,9 @@ def kernel_key(ir_text: str) -> str:
 
 
 def compile(variant: Variant, *, after_each_pass: Callable[[str, KernelIR], None] | None = None,
-            rebuild: bool = False) -> CompiledAttention:  # noqa: A001 - the public name is ag.compile
-    """Compile ``variant`` to a forward attention kernel (cached on disk; no GPU needed).
+            rebuild: bool = False
+            ) -> CompiledAttention | CompiledLinearAttention:  # noqa: A001 - the public name is ag.compile
+    """Compile ``variant`` to its attention kernels (cached on disk; no GPU needed).
 
     ``after_each_pass(name, ir)`` observes the IR after every pass (``--print-after-all``);
     ``rebuild=True`` regenerates the module even when the cache has it.
@@ -46,10 +49,15 @@ def compile(variant: Variant, *, after_each_pass: Callable[[str, KernelIR], None
     ir_text = ir.to_text()
     key = kernel_key(ir_text)
     entry = get_or_build(key, lambda: (render(ir), ir_text), force=rebuild)
-    return CompiledAttention(variant, ir, entry.module_path, key, from_cache=not entry.built)
+    return _compiled_class(ir)(variant, ir, entry.module_path, key, from_cache=not entry.built)
 
 
-def load_compiled(module_path: str | Path, variant: Variant) -> CompiledAttention:
+def _compiled_class(ir: KernelIR) -> type:
+    """Linear attention has its own callable (no scale, no lse, a decay gradient)."""
+    return CompiledLinearAttention if ir.algorithm == CHUNKED_LINEAR else CompiledAttention
+
+
+def load_compiled(module_path: str | Path, variant: Variant) -> CompiledAttention | CompiledLinearAttention:
     """Use an already generated module file (as ``attngen compile -o DIR`` writes) for ``variant``.
 
     The module's embedded IR must match what ``variant`` lowers to, so a stale file is
@@ -65,4 +73,4 @@ def load_compiled(module_path: str | Path, variant: Variant) -> CompiledAttentio
     if found != expected:
         raise ValueError(f"load_compiled: '{module_path}' was not generated from this variant by this "
                          f"attngen version ({__version__}); regenerate it with `attngen compile`")
-    return CompiledAttention(variant, ir, module_path, kernel_key(ir.to_text()), from_cache=True)
+    return _compiled_class(ir)(variant, ir, module_path, kernel_key(ir.to_text()), from_cache=True)

@@ -165,6 +165,53 @@ def neighborhood_matrix(na: Neighborhood, shape: tuple[int, ...], i: torch.Tenso
     return keep
 
 
+LINEAR_EPS = 1e-6  # SEMANTICS.md: the normalizer's denominator is sum_j w_ij phi(q_i).phi(k_j) + 1e-6
+
+
+def _linear_attention(variant: Variant, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: object,
+                      return_lse: bool, decay_log: torch.Tensor | None) -> torch.Tensor:
+    """SEMANTICS.md's ``linear(feature_map, decay, normalize)``, materialized in float64:
+    a_ij = phi(q_i).phi(k_j) (no scale), w_ij = exp(decay_log[h] (i - j)) on attended pairs,
+    out_i = sum_j w_ij a_ij v_j, divided by sum_j w_ij a_ij + 1e-6 when normalizing.
+    Differentiable in q, k, v and decay_log."""
+    norm, mask = variant.norm, variant.mask
+    if variant.score is not None:
+        raise ValueError(f"linear attention takes no score_mod; variant '{variant.label}' has one")
+    if mask is not None and not isinstance(mask, Causal):
+        raise ValueError(f"linear attention allows only no mask or ag.causal(); variant '{variant.label}' has "
+                         f"{type(mask).__name__}")
+    if norm.decay and mask is None:
+        raise ValueError(f"linear(decay=True) needs the causal mask; variant '{variant.label}' has none")
+    if scale is not None:
+        raise ValueError("scale: linear attention has no scale (phi(q).phi(k) is unscaled); leave scale=None")
+    if return_lse:
+        raise ValueError("return_lse: linear attention has no log-sum-exp; call without return_lse=True")
+    B, Hq, Lq, _ = q.shape
+    Hkv, Lkv = k.shape[1], k.shape[2]
+    phi = {"identity": lambda x: x, "elu1": lambda x: torch.nn.functional.elu(x) + 1.0,
+           "relu": torch.relu}[norm.feature_map]
+    group = Hq // Hkv
+    fq = phi(q.double())
+    fk = phi(k.double()).repeat_interleave(group, dim=1)
+    a = fq @ fk.transpose(-1, -2)
+    i = torch.arange(Lq, device=q.device).view(-1, 1)
+    j = torch.arange(Lkv, device=q.device).view(1, -1)
+    if mask is not None:
+        keep = j <= i + ((Lkv - Lq) if mask.bottom_right else 0)
+        if norm.decay:
+            if decay_log.dim() != 1 or decay_log.shape[0] != Hq or not decay_log.is_floating_point():
+                raise ValueError(f"decay_log must be a floating tensor of shape (Hq,) = ({Hq},), got "
+                                 f"{decay_log.dtype} {tuple(decay_log.shape)}")
+            # distance 0 on dropped pairs keeps exp finite there (and its gradient free of inf * 0)
+            dist = torch.where(keep, i - j, 0).double()
+            a = a * torch.exp(decay_log.double().view(1, Hq, 1, 1) * dist)
+        a = torch.where(keep, a, 0.0)
+    out = a @ v.double().repeat_interleave(group, dim=1)
+    if norm.normalize:
+        out = out / (a.sum(-1, keepdim=True) + LINEAR_EPS)
+    return out
+
+
 def reference(variant: Variant) -> Callable:
     """The float64 oracle for ``variant``: ``ref(q, k, v, scale=None, return_lse=False, **tensors)``.
 
@@ -184,6 +231,8 @@ def reference(variant: Variant) -> Callable:
             raise TypeError(f"spatial_shape is only taken by neighborhood variants; '{variant.label}' has none")
         sm_scale = check_scale(scale, p.D)
         bound = check_runtime_tensors(variant.tensors(), tensors, variant.captured(), p, variant.label)
+        if isinstance(variant.norm, Linear):
+            return _linear_attention(variant, q, k, v, scale, return_lse, bound.get("decay_log"))
         dev = q.device
         group = p.HQ // p.HKV
         # differentiable in q, k, v and every floating tensor the score reads (autograd is

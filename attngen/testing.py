@@ -3,11 +3,13 @@
 Tensor shapes are inferred by evaluating each index expression over the whole index grid
 (so ``rel_bias[h, Min(128, Max(-128, kv_idx - q_idx)) + 128]`` gets shape (Hq, 257)).
 A tensor compared with something or used as an index holds integers in [0, min(Lq, Lkv)];
-any other tensor holds standard normal floats. ``document_ids`` holds sorted document ids.
+any other tensor holds standard normal floats. ``document_ids`` holds sorted document ids,
+linear attention's ``decay_log`` negative per-head log decays.
 Used by the generated unit tests, ``attngen explain`` and the test suite.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import sympy
@@ -15,7 +17,7 @@ import torch
 from sympy.core.relational import Relational
 
 from .ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX
-from .ir.nodes import CAPTURED, Document, MaskMod, Neighborhood, Softmax, Variant
+from .ir.nodes import CAPTURED, Document, Linear, MaskMod, Neighborhood, Softmax, Variant
 from .reference import evaluate
 
 
@@ -58,6 +60,10 @@ def synthesize_tensors(variant: Variant, B_: int, Hq: int, Lq: int, Lkv: int, de
         out["document_ids"] = torch.sort(ids, dim=1).values.to(device)
     if isinstance(variant.norm, Softmax) and variant.norm.sink:
         out["sinks"] = torch.randn(Hq, generator=generator).to(device)  # one logit per query head
+    if isinstance(variant.norm, Linear) and variant.norm.decay:
+        # linear attention's per-head decay (SEMANTICS.md: <= 0): rates log-uniform in [1/64, 1] per token
+        rates = torch.empty(Hq).uniform_(-math.log(64.0), 0.0, generator=generator).exp()
+        out["decay_log"] = (-rates).to(device)
     exprs = _expressions(variant)
     ints = _integer_tensors(exprs)
     reads = sorted({r for e in exprs for r in e.atoms(sympy.Indexed)}, key=sympy.default_sort_key)

@@ -111,11 +111,12 @@ def test_bad_ir_file_names_the_line(tmp_path):
     assert not marker.exists()  # the parser never executes the text
 
 
-def test_unsupported_normalization_is_a_clear_error(tmp_path):
+def test_unsupported_variant_is_a_clear_error(tmp_path):
     ir = tmp_path / "lin.ir"
-    ir.write_text("attngen 1\nvariant lin\nnorm = linear()\n")
+    ir.write_text("attngen 1\nvariant lin\nmask = sliding_window(left=4)\nnorm = linear()\n")
     proc = run_cli("compile", str(ir), check=False)
-    assert proc.returncode == 1 and "linear attention is not compiled yet" in proc.stderr
+    assert proc.returncode == 1 and "linear attention allows only no mask or ag.causal()" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_explain_causal_density_and_bounds():

@@ -17,6 +17,7 @@ from .._resources import template_dir
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SCORE, SM_SCALE
 from ..ir.kernel import BAND, TILES, KernelIR
 from ..ir.nodes import Sigmoid, Softmax
+from ..passes.normalization import CHUNKED_LINEAR, ONLINE_SOFTMAX
 from .printer import HostPrinter, TritonPrinter
 
 TEMPLATE = "attention_fwd.py.j2"
@@ -167,7 +168,7 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["cls_tile_stmts"] = stmts(cls_tile)
         ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
     ctx["algorithm"] = ir.algorithm
-    ctx["softmax"] = ir.algorithm == "online_softmax"
+    ctx["softmax"] = ir.algorithm == ONLINE_SOFTMAX
     ctx["sink"] = isinstance(ir.norm, Softmax) and ir.norm.sink
     if ctx["sink"] and "sinks" not in {t.name for t in ctx["fwd_tensors"]}:
         ctx["fwd_tensors"].append(TensorArgs("sinks", 1))  # read once per row, after the KV loop
@@ -276,6 +277,10 @@ def _environment() -> jinja2.Environment:
 
 def render(ir: KernelIR) -> str:
     """The Triton module for ``ir`` (deterministic: same IR, same bytes)."""
+    if ir.algorithm == CHUNKED_LINEAR:  # its own template and context: render_linear.py
+        from .render_linear import render as render_linear
+
+        return render_linear(ir)
     return _environment().get_template(TEMPLATE).render(**build_context(ir, ir.to_text()))
 
 
@@ -289,6 +294,9 @@ def render_generated_test(name: str, variant_text: str, kernel_ir: str) -> str:
     for text in (variant_text, kernel_ir):
         if '"""' in text or "\\" in text:
             raise ValueError("IR text cannot be embedded in a Python string literal")
+    from ..ir.nodes import Linear
+    from ..ir.text import loads
+
     return _environment().get_template("test_kernel.py.j2").render(
         version=__version__, name=name, test_file=f"test_{name}.py", variant_text=variant_text,
-        kernel_ir=kernel_ir)
+        kernel_ir=kernel_ir, linear=isinstance(loads(variant_text).norm, Linear))

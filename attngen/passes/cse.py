@@ -15,6 +15,8 @@ from .pipeline import compiler_pass
 @compiler_pass(requires=("exp2_score", "tile_plan"), provides=("cse",))
 def common_subexpressions(ir: KernelIR) -> KernelIR:
     """Extract repeated subexpressions of score_log2 and the tile predicate (sympy.cse)."""
+    if ir.score_log2 is None:  # linear attention: no score expression, nothing to share
+        return ir
     exprs = [ir.score_log2] + ([ir.tile_pred] if ir.tile_pred is not None else [])
     temps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols("cse"), order="canonical")
     # Give each temporary its expression's integer-ness and sign, so later passes and the

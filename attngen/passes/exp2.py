@@ -12,6 +12,7 @@ import sympy
 
 from ..ir.expr import LN2, QK, QK_SCALE, SCORE, SM_SCALE, can_be_neg_inf
 from ..ir.kernel import KernelIR
+from .normalization import CHUNKED_LINEAR
 from .pipeline import compiler_pass
 
 
@@ -24,8 +25,10 @@ def score_in_log2(score: sympy.Basic | None) -> sympy.Basic:
     return f.subs(SCORE, QK * SM_SCALE) / LN2
 
 
-@compiler_pass(requires=("score_mask_split",), provides=("exp2_score",))
+@compiler_pass(requires=("score_mask_split", "algorithm"), provides=("exp2_score",))
 def fold_scale_exp2(ir: KernelIR) -> KernelIR:
     """Rewrite the score over the raw dot product ``qk`` in log2 units, folding the scale."""
+    if ir.algorithm == CHUNKED_LINEAR:  # linear attention has no score and no scale to fold
+        return ir
     s2 = score_in_log2(ir.score)
     return ir.replace(score_log2=s2, score_may_be_neg_inf=can_be_neg_inf(s2))

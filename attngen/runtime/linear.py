@@ -1,0 +1,251 @@
+"""``CompiledLinearAttention``: what ``ag.compile`` returns for linear-attention variants.
+
+The generated module (templates/linear_attention.py.j2) holds the chunked kernels and their
+launchers; this module validates a call's inputs, picks launch configurations, and wraps the
+forward and backward launches in a ``torch.autograd.Function`` (gradients of q, k, v and of
+the learnable ``decay_log``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import triton
+
+from ..ir.kernel import BAND, KernelIR
+from ..ir.nodes import Variant
+from .loader import interpreter_active, load_module
+from .validate import Problem, check_out, check_qkv, check_runtime_tensors
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Launch configuration of the chunked linear-attention kernels.
+
+    ``chunk``: tokens per chunk (the intra-chunk products are chunk x chunk); ``block_k``:
+    the feature columns one dq/dk program owns; ``block_v``: the value columns one forward
+    or dv program owns (both capped at the head dims, rounded up to powers of two; a
+    smaller block means more programs, each recomputing the chunk x chunk products).
+    """
+
+    chunk: int = 64
+    block_k: int = 64
+    block_v: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("chunk", "block_k", "block_v"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, int) or val < 16 or val & (val - 1):
+                raise ValueError(f"LinearConfig.{name} must be a power of two >= 16, got {val!r}")
+        if self.num_stages < 1 or self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"LinearConfig: num_stages must be >= 1 and num_warps a power of two <= 16, "
+                             f"got {self.num_stages} and {self.num_warps}")
+
+    def smaller(self) -> "LinearConfig | None":
+        """The next configuration to try when this one does not fit the GPU (fewer stages,
+        then narrower column blocks, then shorter chunks); None when nothing smaller is left."""
+        if self.num_stages > 1:
+            return LinearConfig(self.chunk, self.block_k, self.block_v, self.num_warps, self.num_stages - 1)
+        if max(self.block_k, self.block_v) > 32:
+            return LinearConfig(self.chunk, min(self.block_k, 32), min(self.block_v, 32), self.num_warps, 1)
+        if self.chunk > 16:
+            return LinearConfig(self.chunk // 2, self.block_k, self.block_v, self.num_warps, 1)
+        return None
+
+
+def choose_linear_config(device: torch.device, dtype: torch.dtype, D: int, DV: int,
+                         light: bool = True) -> LinearConfig:
+    """A configuration by heuristic (no timing runs) for the forward or the backward.
+
+    Under the Triton interpreter every program and loop step costs Python time: whole head
+    dims per program and 32-token chunks. On the GPU: 64-token chunks and 64-wide column
+    blocks, so a program's fp32 state is a 128 x 64 (or 64 x 128) tile and B*H*2 programs
+    share the machine (512 at the benchmark's B=8, H=32, D=128); fp32 inputs and head dims
+    over 128 halve the chunk. ``light``: identity feature map, no normalizer and no
+    decay_log gradient. From ptxas -v for sm_90a (Triton 3.9 without a GPU, bf16, D=128;
+    benchmarks/NOTES.md): light kernels take 244-255 registers at 4 warps without spilling
+    (2 programs per SM); elu1 with a normalizer spills 100-350 bytes at 4 warps and 0-100 at
+    8, the decay_log gradient 700 at 4 and 200 at 8, fp32 inputs 130-200 at 4, hence 8 warps
+    for those. Not timed on the H100 yet: benchmarks/bench_linear.py --sweep.
+    """
+    if device.type != "cuda":
+        return LinearConfig(32, _pow2(D), _pow2(DV), 4, 1)
+    big = max(D, DV) > 128
+    fp32 = dtype == torch.float32
+    # Triton 3.6 on the H100 computes dK wrongly (relative error 10-100, or an illegal
+    # address) with 64-token chunks when a head dim is padded to a power of two (D/Dv =
+    # 24/40, 32/48, 32/40, 40/24 in bf16); 32-token chunks are right (benchmarks/NOTES.md)
+    padded = _pow2(D) != D or _pow2(DV) != DV
+    return LinearConfig(32 if fp32 or big or padded else 64, 64, 64, 4 if light and not (big or fp32) else 8, 2)
+
+
+def _device_guard(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch(fn: Callable[[LinearConfig], object], config: LinearConfig, fixed: bool, what: str):
+    """Run ``fn(config)``, stepping down to smaller configs while the GPU refuses it (unless
+    the caller fixed the config). Returns (result, config used)."""
+    while True:
+        try:
+            return fn(config), config
+        except triton.runtime.errors.OutOfResources as exc:
+            smaller = None if fixed else config.smaller()
+            if smaller is None:
+                raise RuntimeError(f"{what}: launch configuration {config} does not fit this GPU ({exc})") from exc
+            config = smaller
+
+
+class LinearAttentionFunction(torch.autograd.Function):
+    """out = linear_attention(q, k, v, decay_log); the backward runs the module's
+    launch_backward (dq, dk, dv, d decay_log)."""
+
+    @staticmethod
+    def forward(ctx, run_forward, run_backward, q, k, v, decay_log):
+        out, den = run_forward()
+        ctx.run_backward = run_backward
+        # the backward reads out only for the normalizer's gradient (den is None without one)
+        ctx.save_for_backward(q, k, v, out if den is not None else None, den, decay_log)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, den, decay_log = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[2:6])
+        grads = ctx.run_backward(q, k, v, out, den, dout, decay_log, needs)
+        dq, dk, dv, dgamma = (g if need else None for g, need in zip(grads, needs))  # dq may serve dgamma only
+        if dgamma is not None:
+            dgamma = dgamma.to(decay_log.dtype)
+        return None, None, dq, dk, dv, dgamma
+
+
+class CompiledLinearAttention:
+    """A compiled linear-attention variant. Call it like ``attn(q, k, v, **tensors)``.
+
+    Same surface as ``CompiledAttention``: ``variant``, ``ir``, ``source``, ``path``, ``key``,
+    ``from_cache``, ``last_config``. ``scale`` is rejected (linear attention is unscaled:
+    scale q yourself) and so is ``return_lse=True`` (there is no log-sum-exp).
+    """
+
+    def __init__(self, variant: Variant, ir: KernelIR, module_path: Path, key: str, from_cache: bool) -> None:
+        self.variant = variant
+        self.ir = ir
+        self.path = Path(module_path)
+        self.key = key
+        self.from_cache = from_cache
+        self.source = self.path.read_text()
+        self.causal = ir.strategy == BAND
+        self.decay = ir.norm.decay
+        self.normalize = ir.norm.normalize
+        self._light = ir.norm.feature_map == "identity" and not self.normalize  # see choose_linear_config
+        self.last_config: LinearConfig | None = None  # what the latest forward launched with
+        self.last_backward_config: LinearConfig | None = None  # and the latest backward
+        self._fitted: dict[tuple, LinearConfig] = {}
+        self._module = None
+
+    def __repr__(self) -> str:
+        return f"CompiledLinearAttention({self.ir.name!r}, causal={self.causal}, path='{self.path}')"
+
+    def module(self, device: torch.device):
+        """The generated module (CPU tensors need the process to run the Triton interpreter)."""
+        if device.type == "cpu" and not interpreter_active():
+            raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
+                             "before importing triton (attngen does so itself when no GPU is present)")
+        if self._module is None:
+            self._module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+        return self._module
+
+    def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int = 0, Lkv: int = 0,
+                   decay_grad: bool = False) -> LinearConfig:
+        """The launch configuration the heuristic picks at these sizes (lengths do not matter;
+        ``decay_grad``: for a backward that computes decay_log's gradient)."""
+        return choose_linear_config(torch.device(device), dtype, D, DV, self._light and not decay_grad)
+
+    def prepare(self, q, k, v, scale=None, **tensors) -> tuple[Problem, torch.Tensor | None]:
+        """Validate a call's inputs; returns the problem sizes and decay_log (None without decay)."""
+        p = check_qkv(q, k, v)
+        if scale is not None:
+            raise ValueError(f"scale: linear attention has no scale (phi(q) . phi(k) is used unscaled, "
+                             f"SEMANTICS.md); leave scale=None and scale q yourself, got scale={scale!r}")
+        bound = check_runtime_tensors(self.variant.tensors(), tensors, self.variant.captured(), p, self.ir.name)
+        if self.causal and p.Lq != p.Lkv:
+            raise ValueError(f"k has {p.Lkv} positions but q has {p.Lq}: causal linear attention needs Lq == Lkv "
+                             "(self-attention)")
+        decay_log = bound.get("decay_log")
+        if self.decay:
+            if not decay_log.is_floating_point():
+                raise TypeError(f"decay_log must be a floating tensor (the log of each head's decay), "
+                                f"got {decay_log.dtype}")
+            if tuple(decay_log.shape) != (p.HQ,):
+                raise ValueError(f"decay_log must have shape (Hq,) = ({p.HQ},), got {tuple(decay_log.shape)}")
+        return p, decay_log
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                 return_lse: bool = False, config: LinearConfig | None = None,
+                 backward_config: LinearConfig | None = None, out: torch.Tensor | None = None,
+                 **tensors: torch.Tensor) -> torch.Tensor:
+        """Linear attention over q (B, Hq, L, D), k (B, Hkv, L, D), v (B, Hkv, L, Dv); returns
+        (B, Hq, L, Dv) in q's dtype. Decay variants take ``decay_log`` (Hq,), values <= 0 (not
+        checked: that would cost a device sync). ``config`` / ``backward_config``: fixed
+        launch configurations instead of the heuristic's. ``out``: where to write (no autograd)."""
+        if not isinstance(return_lse, bool):
+            raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
+        if return_lse:
+            raise ValueError("return_lse: linear attention has no log-sum-exp; call without return_lse=True")
+        for name, cfg in (("config", config), ("backward_config", backward_config)):
+            if cfg is not None and not isinstance(cfg, LinearConfig):
+                raise TypeError(f"{name} must be an attngen LinearConfig, got {type(cfg).__name__}")
+        p, decay_log = self.prepare(q, k, v, scale, **tensors)
+        inputs = (q, k, v) + ((decay_log,) if decay_log is not None else ())
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        module = self.module(p.device)
+        if out is None:
+            out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
+        else:
+            if needs_grad:
+                raise ValueError("out= cannot be used when q, k, v or decay_log require grad")
+            check_out(out, p)
+        den = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device) if self.normalize else None
+        if os.environ.get("ATTNGEN_POISON_OUTPUTS", "0") not in ("", "0"):
+            # Debugging/testing aid: any element the kernel fails to write stays NaN.
+            out.fill_(float("nan"))
+            if den is not None:
+                den.fill_(float("nan"))
+
+        def run_forward():
+            cls = (p.device, p.dtype, p.D, p.DV, "forward")
+            start = config or self._fitted.get(cls) or self.config_for(p.device, p.dtype, p.D, p.DV)
+            with _device_guard(p.device):
+                _, used = _launch(lambda c: module.launch_forward(q, k, v, out, den, decay_log, c), start,
+                                  config is not None, f"variant '{self.ir.name}' forward")
+            if config is None:
+                self._fitted[cls] = used
+            self.last_config = used
+            return out, den
+
+        def run_backward(q, k, v, out, den, dout, decay_log, needs):
+            cls = (p.device, p.dtype, p.D, p.DV, "backward", needs[3])
+            start = (backward_config or self._fitted.get(cls)
+                     or self.config_for(p.device, p.dtype, p.D, p.DV, decay_grad=needs[3]))
+            with _device_guard(p.device):
+                grads, used = _launch(lambda c: module.launch_backward(q, k, v, out, den, dout, decay_log, c, needs),
+                                      start, backward_config is not None, f"variant '{self.ir.name}' backward")
+            if backward_config is None:
+                self._fitted[cls] = used
+            self.last_backward_config = used
+            return grads
+
+        if needs_grad:
+            return LinearAttentionFunction.apply(run_forward, run_backward, q, k, v, decay_log)
+        run_forward()
+        return out
