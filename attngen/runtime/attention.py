@@ -203,7 +203,7 @@ class CompiledAttention:
             probe = Problem(1, 1, 1, Lq, Lkv, D, DV, dtype, device)
             return self._neighborhood_config(probe, resolve_spatial(self.variant.mask, spatial_shape, probe)[0])
         return choose_config(device, dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
-                             masked=self.ir.strategy != DENSE)
+                             masked=self.ir.strategy != DENSE, sigmoid=self.ir.algorithm == "sigmoid")
 
     def _neighborhood_config(self, p: Problem, axes) -> KernelConfig:
         dense = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads)

@@ -41,7 +41,7 @@ class KernelConfig:
 
 
 def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq: int, lkv: int,
-                  tile_reads: bool = False, masked: bool = False) -> KernelConfig:
+                  tile_reads: bool = False, masked: bool = False, sigmoid: bool = False) -> KernelConfig:
     """A good-enough configuration for this problem (no timing runs).
 
     ``tile_reads``: the score or mask reads a tensor per (query, key) pair, a
@@ -53,6 +53,8 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     dense D=128: 128x128, 8 warps, 3 stages 500 TFLOP/s (128x64x8: 477);
     dense D=64: 128x64, 8 warps 434 (128x128x8: 354);
     causal D=128: 64x64, 4 warps 486 (128x128x8: 465); causal D=64: 64x64x4 370.
+    ``sigmoid``: sigmoid attention, dense D=128: 128x64, 8 warps 1.98 ms (128x128x8: 2.11-2.17;
+    results in benchmarks/NOTES.md, "Normalizations").
     """
     if device.type != "cuda":
         bm = min(64, max(16, triton.next_power_of_2(lq)))
@@ -74,7 +76,7 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     if major >= 9:
         if masked:
             return KernelConfig(64, 64, 4, 3)
-        if dmax <= 64:
+        if dmax <= 64 or sigmoid:
             return KernelConfig(128, 64, 8, 3)
         return KernelConfig(128, 128, 8, 3)
     return KernelConfig(128, 64, 4, 2)
