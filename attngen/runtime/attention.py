@@ -12,8 +12,8 @@ import triton
 from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from .autograd import AttentionFunction, BackwardSetup
+from .compiled import CompiledKernel
 from .config import KernelConfig, choose_config
-from .loader import interpreter_active, load_module
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
 from .validate import Problem, check_qkv, check_out, check_runtime_tensors, check_scale, resolve_spatial
@@ -50,39 +50,20 @@ def _reads_per_tile(ir: KernelIR) -> bool:
     return any(r.free_symbols & per_kv for r in score.atoms(sympy.Indexed))
 
 
-class CompiledAttention:
-    """A compiled variant. Call it like ``attn(q, k, v, scale=None, return_lse=False, **tensors)``.
-
-    Attributes: ``variant`` (the input), ``ir`` (KernelIR after all passes; ``str(attn.ir)``
-    is its text), ``source`` (the generated Triton module), ``path`` (that module on disk),
-    ``key`` (its cache key) and ``from_cache`` (True when nothing was generated).
-    """
+class CompiledAttention(CompiledKernel):
+    """A compiled softmax or sigmoid variant. Call it like
+    ``attn(q, k, v, scale=None, return_lse=False, **tensors)``; attributes as CompiledKernel's."""
 
     def __init__(self, variant: Variant, ir: KernelIR, module_path: Path, key: str, from_cache: bool) -> None:
-        self.variant = variant
-        self.ir = ir
-        self.path = Path(module_path)
-        self.key = key
-        self.from_cache = from_cache
-        self.source = self.path.read_text()
+        super().__init__(variant, ir, module_path, key, from_cache)
         self._tiles = TileCache()
         self._mask_tensors = _mask_tensor_names(ir)
         self._tile_reads = _reads_per_tile(ir)
         self._fitted: dict[tuple, KernelConfig] = {}
         self.last_config: KernelConfig | None = None  # what the latest call launched with
-        self._module = None
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.ir.name!r}, tiles={self.ir.strategy}, path='{self.path}')"
-
-    def module(self, device: torch.device):
-        """The generated module (CPU tensors need the process to run the Triton interpreter)."""
-        if device.type == "cpu" and not interpreter_active():
-            raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
-                             "before importing triton (attngen does so itself when no GPU is present)")
-        if self._module is None:  # resolving the path on every call cost ~0.1 ms of host time
-            self._module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
-        return self._module
 
     def prepare(self, q, k, v, scale=None, spatial_shape=None, **tensors):
         """Validate a call's inputs; returns the problem sizes, the scale, every tensor and

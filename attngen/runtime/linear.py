@@ -18,7 +18,7 @@ import triton
 
 from ..ir.kernel import BAND, KernelIR
 from ..ir.nodes import Variant
-from .loader import interpreter_active, load_module
+from .compiled import CompiledKernel
 from .validate import Problem, check_out, check_qkv, check_runtime_tensors
 
 
@@ -129,7 +129,7 @@ class LinearAttentionFunction(torch.autograd.Function):
         return None, None, dq, dk, dv, dgamma
 
 
-class CompiledLinearAttention:
+class CompiledLinearAttention(CompiledKernel):
     """A compiled linear-attention variant. Call it like ``attn(q, k, v, **tensors)``.
 
     Same surface as ``CompiledAttention``: ``variant``, ``ir``, ``source``, ``path``, ``key``,
@@ -138,12 +138,7 @@ class CompiledLinearAttention:
     """
 
     def __init__(self, variant: Variant, ir: KernelIR, module_path: Path, key: str, from_cache: bool) -> None:
-        self.variant = variant
-        self.ir = ir
-        self.path = Path(module_path)
-        self.key = key
-        self.from_cache = from_cache
-        self.source = self.path.read_text()
+        super().__init__(variant, ir, module_path, key, from_cache)
         self.causal = ir.strategy == BAND
         self.decay = ir.norm.decay
         self.normalize = ir.norm.normalize
@@ -151,19 +146,9 @@ class CompiledLinearAttention:
         self.last_config: LinearConfig | None = None  # what the latest forward launched with
         self.last_backward_config: LinearConfig | None = None  # and the latest backward
         self._fitted: dict[tuple, LinearConfig] = {}
-        self._module = None
 
     def __repr__(self) -> str:
         return f"CompiledLinearAttention({self.ir.name!r}, causal={self.causal}, path='{self.path}')"
-
-    def module(self, device: torch.device):
-        """The generated module (CPU tensors need the process to run the Triton interpreter)."""
-        if device.type == "cpu" and not interpreter_active():
-            raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
-                             "before importing triton (attngen does so itself when no GPU is present)")
-        if self._module is None:
-            self._module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
-        return self._module
 
     def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int = 0, Lkv: int = 0,
                    decay_grad: bool = False) -> LinearConfig:

@@ -1,0 +1,36 @@
+"""What every compiled variant has: its IR, its generated module on disk, and the loaded
+module. ``CompiledAttention`` (softmax and sigmoid) and ``CompiledLinearAttention`` build on
+it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..ir.kernel import KernelIR
+from ..ir.nodes import Variant
+from .loader import interpreter_active, load_module
+
+
+class CompiledKernel:
+    """Attributes: ``variant`` (the input), ``ir`` (the kernel IR after all passes; ``str()``
+    is its text), ``source`` (the generated Triton module), ``path`` (that module on disk),
+    ``key`` (its cache key) and ``from_cache`` (True when nothing was generated)."""
+
+    def __init__(self, variant: Variant, ir: KernelIR, module_path: Path, key: str, from_cache: bool) -> None:
+        self.variant = variant
+        self.ir = ir
+        self.path = Path(module_path)
+        self.key = key
+        self.from_cache = from_cache
+        self.source = self.path.read_text()
+        self._module = None
+
+    def module(self, device: torch.device):
+        """The generated module (CPU tensors need the process to run the Triton interpreter)."""
+        if device.type == "cpu" and not interpreter_active():
+            raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
+                             "before importing triton (attngen does so itself when no GPU is present)")
+        if self._module is None:  # resolving the path on every call cost ~0.1 ms of host time
+            self._module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+        return self._module
