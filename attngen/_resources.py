@@ -28,3 +28,8 @@ def template_dir() -> Path:
 
 def library_dir() -> Path:
     return _find("attngen.ir_library", "ir")
+
+
+def autotune_dir() -> Path:
+    """Shipped tuning defaults (autotune/<gpu family>.json)."""
+    return _find("attngen.autotune_records", "autotune")

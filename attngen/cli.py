@@ -1,4 +1,4 @@
-"""The ``attngen`` command line: compile, list, explain."""
+"""The ``attngen`` command line: compile, list, explain, tune."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,7 @@ examples:
   attngen compile alibi -o out/          # writes out/alibi.py, out/alibi.ir, out/test_alibi.py
   attngen compile examples/quickstart.py:variant --print-after-all
   attngen explain sliding_window --shape 8192
+  attngen tune causal --shape 8192 --head-dim 128 --dtype bf16
 """
 
 
@@ -171,6 +172,83 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+INTERPRET_MAX_L = 1024  # the interpreter runs each program in Python: keep --interpret tiny
+
+TUNE_EPILOG = """\
+Times the forward kernel's launch configs (tiles, warps, stages; query/KV boxes for
+neighborhood masks) after pruning those over the GPU's shared memory or register budget,
+checks each against the heuristic config's output, and writes the fastest as a record in
+the user cache (ATTNGEN_CACHE_DIR or the platformdirs cache, under autotune/<gpu>/). Later
+calls of this kernel on this GPU, dtype and shape bucket (Lq and Lkv up to the next power
+of two, exact D, Dv and grid) use it; without a record, calls use the shipped defaults
+(autotune/<gpu family>.json) or the heuristic, and never time anything.
+
+examples:
+  attngen tune causal --shape 8192 --head-dim 128
+  attngen tune alibi --shape 4096 --head-dim 64 --dtype fp16 --budget 120
+  attngen tune na2d --spatial 128x128 --head-dim 128
+  attngen tune causal --shape 32 --head-dim 16 --dtype fp32 --interpret   # CPU, tests only
+"""
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .autotune.tuner import TuneShape, config_label, table, tune
+    from .compiler import compile as compile_variant
+    from .runtime.loader import interpreter_active
+    from .runtime.attention import CompiledAttention
+
+    if args.shape is None and args.spatial is None:
+        raise CLIError("--shape L[,Lkv] is required (or --spatial XxY for neighborhood variants)")
+    if args.interpret:
+        if not interpreter_active():
+            raise CLIError("--interpret needs the Triton interpreter: start with TRITON_INTERPRET=1 on a machine "
+                           "with a GPU")
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        raise CLIError("no CUDA GPU found: `attngen tune` times kernels on the GPU (use --interpret to run the "
+                       "tuner under the Triton interpreter at tiny sizes, for tests)")
+    else:
+        device = torch.device("cuda")
+    if args.shape is not None and len(args.shape) > 2:
+        raise CLIError(f"--shape {_dims(args.shape)}: L or Lq,Lkv; give a grid with --spatial")
+    if args.spatial is not None:
+        L = math.prod(args.spatial)
+        if args.shape is not None and (args.shape[0] != L or args.shape[-1] != L):
+            raise CLIError(f"--shape {_dims(args.shape)} does not match --spatial {_dims(args.spatial)} "
+                           f"({L} positions)")
+        lq = lkv = L
+    else:
+        lq, lkv = args.shape[0], args.shape[-1]
+    for flag, val in (("--heads", args.heads), ("--batch", args.batch), ("--budget", args.budget)):
+        if val <= 0:
+            raise CLIError(f"{flag} must be positive, got {val}")
+    if args.interpret and max(lq, lkv) > INTERPRET_MAX_L:
+        raise CLIError(f"--interpret is for tiny shapes (L <= {INTERPRET_MAX_L}), got {lq},{lkv}")
+    attn = compile_variant(load_spec(args.spec))
+    if not isinstance(attn, CompiledAttention):
+        raise CLIError(f"'{attn.ir.name}' is linear attention, whose LinearConfig the tuner does not cover yet")
+    if attn.ir.neighborhood is not None and args.spatial is None:
+        raise CLIError(f"'{attn.ir.name}' is a neighborhood variant: give its grid with --spatial XxY")
+    shape = TuneShape(lq, lkv, args.head_dim, args.head_dim_v, args.batch, args.heads,
+                      getattr(torch, DTYPES[args.dtype]), args.spatial)
+    narrow = dict(warps=(4,), stages=(1,)) if args.interpret else {}  # ignored by the interpreter
+    result = tune(attn, shape, device, budget_s=args.budget, progress=not args.no_progress, **narrow)
+    print(f"{attn.ir.name} on {result.gpu}, {args.dtype}, bucket {result.bucket} "
+          f"(B={args.batch} H={args.heads} Lq={lq} Lkv={lkv}): {len(result.trials)} candidates timed or tried, "
+          f"{len(result.pruned)} pruned")
+    print(table(result))
+    if result.winner is None:
+        raise CLIError("no candidate ran correctly; nothing written")
+    h_ms, best = result.heuristic_ms, result.best_ms
+    gain = f", x{h_ms / best:.2f} over the heuristic" if h_ms else ""
+    print(f"winner: {config_label(result.winner)} {best:.4f} ms{gain}")
+    print(f"record: {result.record_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attngen", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -220,6 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="batch size for masks that read b (default 1)")
     p.add_argument("--heads", type=int, default=1, help="heads for masks that read h (default 1)")
     p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser("tune", help="time launch configs on the GPU and keep the fastest as a record",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TUNE_EPILOG,
+                       description="Autotune SPEC's forward kernel at one problem shape and write a tuning record.")
+    p.add_argument("spec", metavar="SPEC", help="file.py:NAME, an IR file, or a built-in name")
+    p.add_argument("--shape", type=_shape, default=None, metavar="L[,Lkv]", help="sequence lengths")
+    p.add_argument("--spatial", type=_shape, default=None, metavar="XxY[xZ]",
+                   help="the grid of a neighborhood variant (L = its product)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
+    p.add_argument("--heads", type=int, default=16, help="heads (default 16)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--head-dim", type=int, default=128, metavar="D", help="q/k head dim (default 128)")
+    p.add_argument("--head-dim-v", type=int, default=None, metavar="DV", help="v head dim (default: D)")
+    p.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
+                   help="stop timing new candidates after this long (default 300); the rest are listed as skipped")
+    p.add_argument("--interpret", action="store_true",
+                   help="run under the Triton interpreter on the CPU (tiny shapes; tiles only; for tests)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_tune)
     return parser
 
 

@@ -59,8 +59,11 @@ class CompiledAttention(CompiledKernel):
         self._tiles = TileCache()
         self._mask_tensors = _mask_tensor_names(ir)
         self._tile_reads = _reads_per_tile(ir)
-        self._fitted: dict[tuple, KernelConfig] = {}
+        self._fitted: dict[tuple, tuple[KernelConfig, str]] = {}
         self.last_config: KernelConfig | None = None  # what the latest call launched with
+        # where it came from: "explicit" (config=), "record" (user tuning record), "shipped"
+        # (autotune/<gpu>.json) or "heuristic" (choose_config)
+        self.last_config_source: str | None = None
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.ir.name!r}, tiles={self.ir.strategy}, path='{self.path}')"
@@ -82,7 +85,7 @@ class CompiledAttention(CompiledKernel):
         """What the kernel walks besides the KV range: the classifier's full/partial tile
         lists (cached), the neighborhood's box plan, or None."""
         if self.ir.strategy == NEIGHBORHOOD:
-            return plan_neighborhood(axes, config.block_m, config.block_n)
+            return plan_neighborhood(axes, config.block_m, config.block_n, config.q_box, config.kv_box)
         if self.ir.strategy != TILES:
             return None
         mask_tensors = {n: t for n, t in bound.items() if n in self._mask_tensors}
@@ -137,7 +140,7 @@ class CompiledAttention(CompiledKernel):
                 if config is not None:  # the caller's choice: no fallback
                     module.launch_forward(q, k, v, out, lse, sm_scale, bound,
                                           self.tile_lists(p, bound, config, axes), config)
-                    self.last_config = config
+                    self.last_config, self.last_config_source = config, "explicit"
                 else:
                     self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound,
                                                                   axes)
@@ -191,14 +194,26 @@ class CompiledAttention(CompiledKernel):
         masked = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads, masked=True)
         return dense if prefers_dense_tiles(axes, dense.block_m, dense.block_n) else masked
 
+    def heuristic_config(self, p: Problem, axes) -> KernelConfig:
+        """choose_config's pick for this call (the tuner's baseline and the last resort)."""
+        return (self._neighborhood_config(p, axes) if self.ir.strategy == NEIGHBORHOOD
+                else self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv))
+
     def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound, axes) -> KernelConfig:
-        """Launch with the heuristic config, stepping down while it does not fit the GPU
-        (shared memory, registers); the config that fits is remembered for this problem class."""
-        cls = (p.device, p.dtype, p.D, p.DV, axes)
-        config = self._fitted.get(cls)
-        if config is None:
-            config = (self._neighborhood_config(p, axes) if self.ir.strategy == NEIGHBORHOOD
-                      else self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv))
+        """Launch with the selected config (tuning record, shipped default or heuristic:
+        attngen/autotune/select.py), stepping down while it does not fit the GPU (shared
+        memory, registers); the config that fits is remembered for this problem class, so
+        records are read once per class and later calls cost one dict lookup."""
+        # Lq/Lkv enter as their power-of-two bucket, the granularity of tuning records.
+        cls = (p.device, p.dtype, p.D, p.DV, (p.Lq - 1).bit_length(), (p.Lkv - 1).bit_length(), axes)
+        fitted = self._fitted.get(cls)
+        if fitted is None:
+            from ..autotune.select import select_config  # deferred: the autotune package imports this module
+
+            config, source = select_config(self, p, axes)
+        else:
+            config, source = fitted
+        self.last_config_source = source
         while True:
             try:
                 module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config, axes),
@@ -210,5 +225,5 @@ class CompiledAttention(CompiledKernel):
                                        f"({exc})") from exc
                 config = smaller
                 continue
-            self._fitted[cls] = config
+            self._fitted[cls] = (config, source)
             return config

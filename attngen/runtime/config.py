@@ -14,10 +14,19 @@ import triton
 
 @dataclass(frozen=True)
 class KernelConfig:
+    """Tile sizes, warps and pipeline stages of the forward kernel.
+
+    ``q_box`` / ``kv_box`` (neighborhood variants only): the query and KV tiles as boxes of
+    the grid, three powers of two with products ``block_m`` / ``block_n``; None lets the
+    planner choose (runtime/neighborhood.py ``plan``). The tuner sets them explicitly.
+    """
+
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    q_box: tuple[int, int, int] | None = None
+    kv_box: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -27,12 +36,23 @@ class KernelConfig:
         if self.num_stages < 1 or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"KernelConfig: num_stages must be >= 1 and num_warps a power of two <= 16, "
                              f"got {self.num_stages} and {self.num_warps}")
+        for name, block in (("q_box", self.block_m), ("kv_box", self.block_n)):
+            box = getattr(self, name)
+            if box is None:
+                continue
+            box = tuple(box)  # records come back from JSON as lists; keep the config hashable
+            object.__setattr__(self, name, box)
+            if len(box) != 3 or any(not isinstance(b, int) or b < 1 or b & (b - 1) for b in box) \
+                    or box[0] * box[1] * box[2] != block:
+                raise ValueError(f"KernelConfig.{name} must be three powers of two with product {block}, got {box}")
 
     def smaller(self) -> "KernelConfig | None":
         """The next configuration to try when this one does not fit (fewer stages, then
-        narrower KV tiles, then shorter query tiles); None when nothing smaller is left."""
+        narrower KV tiles, then shorter query tiles); None when nothing smaller is left.
+        Boxes survive a change of stages only: a narrower tile needs the planner's boxes."""
         if self.num_stages > 1:
-            return KernelConfig(self.block_m, self.block_n, self.num_warps, self.num_stages - 1)
+            return KernelConfig(self.block_m, self.block_n, self.num_warps, self.num_stages - 1,
+                                self.q_box, self.kv_box)
         if self.block_n > 16:
             return KernelConfig(self.block_m, self.block_n // 2, self.num_warps, 2)
         if self.block_m > 16:

@@ -1,0 +1,139 @@
+"""The search space of one problem, pruned before anything is compiled or timed.
+
+The grid is the forward kernel's: block_m, block_n in 16..128 (powers of two), num_warps 4
+or 8, num_stages 1-4; for neighborhood variants each (block_m, block_n) pair also gets the
+planner's best query/KV boxes (``runtime/neighborhood.py`` ``plan``, ranked by its cost:
+entries visited, partial tiles weighted by their mask code).
+
+Pruning rules (each one names why in ``Pruned.reason``):
+
+- shared memory: Triton's software pipeline keeps ``num_stages`` copies of the K and V
+  tiles plus one Q tile in shared memory:
+  ``stages * BLOCK_N * (BLOCK_D + BLOCK_DV) * bytes + BLOCK_M * BLOCK_D * bytes``
+  (head dims padded to powers of two, as the kernel pads them). This reproduces Triton's
+  own numbers on the H100 exactly (benchmarks/results/2026-11-24-h100/forward.md: 128x128x4
+  stages, D=128 bf16 -> 294912 bytes; 64x128x4 -> 278528). A score that reads a tensor per
+  (query, key) pair stages that BLOCK_M x BLOCK_N gather too, ``(stages - 1) * BM * BN * 4``
+  more (fitted to the relative-bias launch of benchmarks/NOTES.md: 245760 bytes at
+  128x128, 3 stages, D=64). Over the device's limit -> pruned.
+- registers: the fp32 accumulator (BLOCK_M x BLOCK_DV) and the fp32 score tile (BLOCK_M x
+  BLOCK_N) are spread over ``num_warps * 32`` threads and must fit 255 registers/thread
+  with a margin (REG_MARGIN) for Q fragments, pointers and the softmax statistics;
+  beyond it Triton spills (NOTES.md: 4 warps on 128x128 tiles at D=128 were the worst
+  config, 256 registers by this count).
+- problem size: a tile more than the next power of two above Lq (block_m) or Lkv (block_n)
+  only computes padding; for neighborhoods, a box wider than an axis likewise.
+
+The heuristic's config is always kept (and timed first): it is the correctness baseline.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ..runtime.config import KernelConfig
+from ..runtime.neighborhood import Axis, _boxes, _cost
+from .device import DeviceLimits
+
+BLOCKS = (16, 32, 64, 128)
+WARPS = (4, 8)
+STAGES = (1, 2, 3, 4)
+REG_MARGIN = 0.8  # share of the 255 registers the two fp32 tiles may take
+BOXES_PER_BLOCK = 2  # neighborhood: the best box pairs kept per (block_m, block_n)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    config: KernelConfig
+    reason: str
+
+
+@dataclass(frozen=True)
+class SpaceShape:
+    """What the estimates need to know about the problem."""
+
+    lq: int
+    lkv: int
+    d: int
+    dv: int
+    dtype: torch.dtype
+    tile_reads: bool = False
+    axes: tuple[Axis, ...] | None = None  # neighborhood variants
+
+
+def _pad(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def smem_bytes(c: KernelConfig, s: SpaceShape) -> int:
+    """Shared memory the forward kernel needs at ``c`` (module docstring)."""
+    size = torch.tensor([], dtype=s.dtype).element_size()
+    bd, bdv = _pad(s.d), _pad(s.dv)
+    total = c.num_stages * c.block_n * (bd + bdv) * size + c.block_m * bd * size
+    if s.tile_reads:
+        total += (c.num_stages - 1) * c.block_m * c.block_n * 4
+    return total
+
+
+def regs_per_thread(c: KernelConfig, s: SpaceShape) -> float:
+    """fp32 accumulator + score tile registers per thread (module docstring)."""
+    return (c.block_m * _pad(s.dv) + c.block_m * c.block_n) / (c.num_warps * 32)
+
+
+def prune_reason(c: KernelConfig, s: SpaceShape, limits: DeviceLimits) -> str | None:
+    """Why ``c`` cannot win (or run) on this problem and device; None when it stays."""
+    smem = smem_bytes(c, s)
+    if smem > limits.smem_bytes:
+        return f"shared memory {smem} > {limits.smem_bytes} bytes"
+    regs = regs_per_thread(c, s)
+    if regs > REG_MARGIN * limits.regs_per_thread:
+        return f"registers {regs:.0f}/thread > {REG_MARGIN:.0%} of {limits.regs_per_thread}"
+    if s.axes is None:
+        if c.block_m > _pad(s.lq):
+            return f"block_m {c.block_m} > Lq {s.lq}"
+        if c.block_n > _pad(s.lkv):
+            return f"block_n {c.block_n} > Lkv {s.lkv}"
+    return None
+
+
+def _box_fits(box: tuple[int, int, int], axes: tuple[Axis, ...]) -> bool:
+    return all(b <= triton.next_power_of_2(a.size) for b, a in zip(box, axes))
+
+
+def neighborhood_boxes(axes: tuple[Axis, ...], block_m: int, block_n: int,
+                       keep: int = BOXES_PER_BLOCK) -> list[tuple[tuple, tuple]]:
+    """The ``keep`` cheapest (q_box, kv_box) pairs by the planner's cost; boxes wider than an
+    axis are skipped (they only add padding). Empty when no box fits the grid."""
+    qs = [b for b in _boxes(block_m) if _box_fits(b, axes)]
+    kvs = [b for b in _boxes(block_n) if _box_fits(b, axes)]
+    ranked = sorted(itertools.product(qs, kvs), key=lambda qk: (_cost(axes, *qk), qk))
+    return ranked[:keep]
+
+
+def grid(s: SpaceShape, blocks=BLOCKS, warps=WARPS, stages=STAGES) -> list[KernelConfig]:
+    """Every candidate before pruning (neighborhood variants: with explicit boxes)."""
+    out = []
+    for bm, bn in itertools.product(blocks, blocks):
+        boxes = neighborhood_boxes(s.axes, bm, bn) if s.axes is not None else [(None, None)]
+        for (qb, kb), w, st in itertools.product(boxes, warps, stages):
+            out.append(KernelConfig(bm, bn, w, st, qb, kb))
+    return out
+
+
+def search_space(s: SpaceShape, limits: DeviceLimits, heuristic: KernelConfig | None = None,
+                 blocks=BLOCKS, warps=WARPS, stages=STAGES) -> tuple[list[KernelConfig], list[Pruned]]:
+    """(candidates to time, heuristic first; pruned configs with their reasons)."""
+    kept: list[KernelConfig] = [heuristic] if heuristic is not None else []
+    pruned: list[Pruned] = []
+    for c in grid(s, blocks, warps, stages):
+        if c in kept:
+            continue
+        reason = prune_reason(c, s, limits)
+        if reason is None:
+            kept.append(c)
+        else:
+            pruned.append(Pruned(c, reason))
+    return kept, pruned
