@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..ir.kernel import NEIGHBORHOOD
-from ..runtime.config import KernelConfig, choose_config
-from ..runtime.neighborhood import prefers_dense_tiles
+from ..runtime.config import KernelConfig
 from . import device as _device
 from . import records
 
@@ -24,8 +23,7 @@ def strategy_class(attn, p, axes) -> str:
     """The kernel's strategy; neighborhoods split as the heuristic splits them."""
     if attn.ir.strategy != NEIGHBORHOOD:
         return attn.ir.strategy
-    dense = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=attn._tile_reads)
-    return "neighborhood_dense" if prefers_dense_tiles(axes, dense.block_m, dense.block_n) else "neighborhood_masked"
+    return "neighborhood_dense" if attn.neighborhood_prefers_dense(p, axes) else "neighborhood_masked"
 
 
 def _padded_dims_bug(p) -> bool:

@@ -1,8 +1,6 @@
 """``CompiledAttention``: the callable that ``ag.compile`` returns."""
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import sympy
@@ -12,11 +10,11 @@ import triton
 from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from .autograd import AttentionFunction, BackwardSetup
-from .compiled import CompiledKernel
+from .compiled import CompiledKernel, device_guard
 from .config import KernelConfig, choose_config
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
-from .validate import Problem, check_qkv, check_out, check_runtime_tensors, check_scale, resolve_spatial
+from .validate import Problem, check_qkv, check_runtime_tensors, check_scale, resolve_spatial
 
 
 def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:
@@ -122,21 +120,12 @@ class CompiledAttention(CompiledKernel):
         if needs_grad and not hasattr(module, "launch_backward"):
             raise NotImplementedError(f"variant '{self.ir.name}': no backward kernel could be generated for its "
                                       "score_mod's derivative; run under torch.no_grad() or detach the inputs")
-        if out is None:
-            out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
-        else:
-            if needs_grad:
-                raise ValueError("out= cannot be used when q, k or v require grad")
-            check_out(out, p)
+        out = self.output(p, out, needs_grad, "q, k or v")
         lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
-        if os.environ.get("ATTNGEN_POISON_OUTPUTS", "0") not in ("", "0"):
-            # Debugging/testing aid: any element the kernel fails to write stays NaN.
-            out.fill_(float("nan"))
-            lse.fill_(float("nan"))
+        self.poison(out, lse)
 
         def run_forward():
-            guard = torch.cuda.device(p.device) if p.device.type == "cuda" else contextlib.nullcontext()
-            with guard:
+            with device_guard(p.device):
                 if config is not None:  # the caller's choice: no fallback
                     module.launch_forward(q, k, v, out, lse, sm_scale, bound,
                                           self.tile_lists(p, bound, config, axes), config)
@@ -189,10 +178,14 @@ class CompiledAttention(CompiledKernel):
         return choose_config(device, dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
                              masked=self.ir.strategy != DENSE, sigmoid=self.ir.algorithm == "sigmoid")
 
-    def _neighborhood_config(self, p: Problem, axes) -> KernelConfig:
+    def neighborhood_prefers_dense(self, p: Problem, axes) -> bool:
+        """Whether this grid runs with the dense kernel's tiles (else the masked ones)."""
         dense = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads)
-        masked = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads, masked=True)
-        return dense if prefers_dense_tiles(axes, dense.block_m, dense.block_n) else masked
+        return prefers_dense_tiles(axes, dense.block_m, dense.block_n)
+
+    def _neighborhood_config(self, p: Problem, axes) -> KernelConfig:
+        return choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads,
+                             masked=not self.neighborhood_prefers_dense(p, axes))
 
     def heuristic_config(self, p: Problem, axes) -> KernelConfig:
         """choose_config's pick for this call (the tuner's baseline and the last resort)."""

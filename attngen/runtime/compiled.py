@@ -3,6 +3,8 @@ module. ``CompiledAttention`` (softmax and sigmoid) and ``CompiledLinearAttentio
 it."""
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -10,6 +12,12 @@ import torch
 from ..ir.kernel import KernelIR
 from ..ir.nodes import Variant
 from .loader import interpreter_active, load_module
+from .validate import Problem, check_out
+
+
+def device_guard(device: torch.device):
+    """Launch on ``device`` (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class CompiledKernel:
@@ -34,3 +42,23 @@ class CompiledKernel:
         if self._module is None:  # resolving the path on every call cost ~0.1 ms of host time
             self._module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
         return self._module
+
+    @staticmethod
+    def output(p: Problem, out: torch.Tensor | None, needs_grad: bool, grad_inputs: str) -> torch.Tensor:
+        """The (B, Hq, Lq, Dv) output: a new tensor, or the caller's ``out`` (checked; not
+        allowed when ``grad_inputs`` require grad, since autograd owns the output then)."""
+        if out is None:
+            return torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
+        if needs_grad:
+            raise ValueError(f"out= cannot be used when {grad_inputs} require grad")
+        check_out(out, p)
+        return out
+
+    @staticmethod
+    def poison(*buffers: torch.Tensor | None) -> None:
+        """Debugging/testing aid (ATTNGEN_POISON_OUTPUTS=1): fill the outputs with NaN before
+        the launch, so any element a kernel fails to write stays NaN."""
+        if os.environ.get("ATTNGEN_POISON_OUTPUTS", "0") not in ("", "0"):
+            for b in buffers:
+                if b is not None:
+                    b.fill_(float("nan"))

@@ -7,8 +7,6 @@ the learnable ``decay_log``).
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,8 +16,8 @@ import triton
 
 from ..ir.kernel import BAND, KernelIR
 from ..ir.nodes import Variant
-from .compiled import CompiledKernel
-from .validate import Problem, check_out, check_qkv, check_runtime_tensors
+from .compiled import CompiledKernel, device_guard
+from .validate import Problem, check_qkv, check_runtime_tensors
 
 
 def _pow2(n: int) -> int:
@@ -87,10 +85,6 @@ def choose_linear_config(device: torch.device, dtype: torch.dtype, D: int, DV: i
     # 24/40, 32/48, 32/40, 40/24 in bf16); 32-token chunks are right (benchmarks/NOTES.md)
     padded = _pow2(D) != D or _pow2(DV) != DV
     return LinearConfig(32 if fp32 or big or padded else 64, 64, 64, 4 if light and not (big or fp32) else 8, 2)
-
-
-def _device_guard(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _launch(fn: Callable[[LinearConfig], object], config: LinearConfig, fixed: bool, what: str):
@@ -194,23 +188,14 @@ class CompiledLinearAttention(CompiledKernel):
         inputs = (q, k, v) + ((decay_log,) if decay_log is not None else ())
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
         module = self.module(p.device)
-        if out is None:
-            out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
-        else:
-            if needs_grad:
-                raise ValueError("out= cannot be used when q, k, v or decay_log require grad")
-            check_out(out, p)
+        out = self.output(p, out, needs_grad, "q, k, v or decay_log")
         den = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device) if self.normalize else None
-        if os.environ.get("ATTNGEN_POISON_OUTPUTS", "0") not in ("", "0"):
-            # Debugging/testing aid: any element the kernel fails to write stays NaN.
-            out.fill_(float("nan"))
-            if den is not None:
-                den.fill_(float("nan"))
+        self.poison(out, den)
 
         def run_forward():
             cls = (p.device, p.dtype, p.D, p.DV, "forward")
             start = config or self._fitted.get(cls) or self.config_for(p.device, p.dtype, p.D, p.DV)
-            with _device_guard(p.device):
+            with device_guard(p.device):
                 _, used = _launch(lambda c: module.launch_forward(q, k, v, out, den, decay_log, c), start,
                                   config is not None, f"variant '{self.ir.name}' forward")
             if config is None:
@@ -222,7 +207,7 @@ class CompiledLinearAttention(CompiledKernel):
             cls = (p.device, p.dtype, p.D, p.DV, "backward", needs[3])
             start = (backward_config or self._fitted.get(cls)
                      or self.config_for(p.device, p.dtype, p.D, p.DV, decay_grad=needs[3]))
-            with _device_guard(p.device):
+            with device_guard(p.device):
                 grads, used = _launch(lambda c: module.launch_backward(q, k, v, out, den, dout, decay_log, c, needs),
                                       start, backward_config is not None, f"variant '{self.ir.name}' backward")
             if backward_config is None:
