@@ -7,7 +7,7 @@ import sympy
 import torch
 import triton
 
-from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
+from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from .autograd import AttentionFunction, BackwardSetup
 from .compiled import CompiledKernel, device_guard
@@ -162,7 +162,10 @@ class CompiledAttention(CompiledKernel):
             return score_tensor_grads(self.variant, names, q, k, v, out, lse, dout, dlse, sm_scale, bound,
                                       spatial_shape)
 
-        return BackwardSetup(module, sm_scale, bound, self.ir.strategy != DENSE, learnable, in_kernel, tiles_for,
+        # dense and one-sided (causal-like) bands are mostly whole tiles: the large backward tiles
+        one_sided_band = self.ir.strategy == BAND and self.ir.band.lo is None
+        small_tiles = self.ir.strategy != DENSE and not one_sided_band
+        return BackwardSetup(module, sm_scale, bound, small_tiles, learnable, in_kernel, tiles_for,
                              tensor_grads_in_torch)
 
     def config_for(self, device: torch.device, dtype: torch.dtype, D: int, DV: int, Lq: int, Lkv: int,

@@ -24,9 +24,10 @@ from .config import KernelConfig
 def backward_config(device: torch.device, forward: KernelConfig, masked: bool) -> tuple[KernelConfig, KernelConfig]:
     """Tiles of the (dK/dV, dQ) passes: each program owns a tile of BLOCK_OWN rows and steps
     through the other side BLOCK_STEP at a time (FlashAttention-2's split). H100, bf16,
-    L=8192, D=128 (benchmarks/NOTES.md): 128/64 with 8 warps is best without a mask (391
-    TFLOP/s fwd+bwd), 64/32 with 4 warps with a band (309 causal); 4 warps on 128-row tiles
-    spill (139-208)."""
+    L=8192, D=128 (benchmarks/NOTES.md, 2026-11-24 session 4): 128/64 with 8 warps is best
+    for dense and causal (420 and 387 TFLOP/s fwd+bwd); ``masked`` (two-sided bands, tile
+    lists, neighborhoods) takes 64/32 with 4 warps (window 1024: 277 against 261 with
+    128/64); 4 warps on 128-row tiles spill (139-208)."""
     if device.type != "cuda":
         return forward, forward
     own, step, warps, stages = (64, 32, 4, 3) if masked else (128, 64, 8, 3)
@@ -51,7 +52,7 @@ class BackwardSetup:
     module: object
     sm_scale: float
     tensors: dict[str, torch.Tensor]
-    masked: bool
+    masked: bool  # the backward takes the small tiles (two-sided bands, tile lists, neighborhoods)
     learnable: tuple[str, ...]
     kernel_grads: frozenset[str]  # learnable tensors whose gradients the kernels accumulate
     tiles_for: Callable
