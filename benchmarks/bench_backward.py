@@ -28,6 +28,7 @@ import attngen.runtime.autograd as ag_autograd
 from attngen.testing import relative_error
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import alibi_score, alibi_slopes  # noqa: E402
 from bench_neighborhood import NACase, axis_attended, na_mask_mod  # noqa: E402
 
 D = 128
@@ -48,13 +49,8 @@ class Case:
     spatial_shape: tuple | None = None
 
 
-def _alibi_slopes(device):
-    return torch.exp2(-torch.arange(1, 17, device=device, dtype=torch.float32) / 2).requires_grad_()
-
-
-@ag.score_mod
-def _alibi(score, b, h, q_idx, kv_idx, slopes):
-    return score - slopes[h] * abs(q_idx - kv_idx)
+def _learnable_alibi_slopes(device):
+    return alibi_slopes(16).to(device).requires_grad_()
 
 
 def cases() -> list[Case]:
@@ -74,8 +70,8 @@ def cases() -> list[Case]:
              tensors={"document_ids": lambda dev: (torch.arange(L, device=dev) // doc_len).expand(2, L).contiguous()}),
         Case("na2d_128x128_k31", ag.Variant(mask=na.mask), 1, 16, na.L, na_mask_mod(na), na_attended,
              spatial_shape=na.spatial),
-        Case("alibi_learnable", ag.Variant(score=_alibi, mask=ag.causal()), 2, 16, L, lambda b, h, q, k: q >= k,
-             L * (L + 1) // 2, flex_score="alibi", tensors={"slopes": _alibi_slopes}),
+        Case("alibi_learnable", ag.Variant(score=alibi_score, mask=ag.causal()), 2, 16, L, lambda b, h, q, k: q >= k,
+             L * (L + 1) // 2, flex_score="alibi", tensors={"slopes": _learnable_alibi_slopes}),
     ]
 
 
@@ -105,7 +101,7 @@ def run_case(case: Case, flex, sweep: bool) -> list[str]:
         slopes = tensors["slopes"]
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            return score - slopes[h] * (q_idx - kv_idx).abs()
+            return alibi_score(score, b, h, q_idx, kv_idx, slopes)
 
     attn = ag.compile(case.variant)
     extra = {"spatial_shape": case.spatial_shape} if case.spatial_shape else {}

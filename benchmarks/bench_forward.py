@@ -44,6 +44,7 @@ import triton.testing
 import attngen as ag
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import sdpa_fn  # noqa: E402
 from report import (  # benchmarks/ is a folder of scripts: report.py sits beside this one
     BACKENDS, CASES, MAX_REL_ERR, BackendError, Case, CaseResult, Fn, Inputs, Measurement, SweepPoint, SweepResult,
     Tensor, attention_flops, config_label, full_markdown, is_correct, markdown_header, markdown_table, min_bytes,
@@ -178,15 +179,7 @@ def build_flex(case: Case, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Fn:
 
 def build_sdpa(backend_name: str) -> Callable[..., Fn]:
     def build(case: Case, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Fn:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        backend = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}[backend_name]
-
-        def fn() -> Tensor:
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal, scale=scale)
-
-        return fn
+        return sdpa_fn(backend_name, q, k, v, causal=case.causal, scale=scale)
 
     return build
 

@@ -40,14 +40,15 @@ import attngen as ag
 from attngen.library import builtin
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import relative_l2, short_reason  # noqa: E402 - benchmarks/ is a folder of scripts
+from bench_common import alibi_slopes  # noqa: E402 - benchmarks/ is a folder of scripts
+from report import relative_l2, short_reason  # noqa: E402
 
 MAX_REL_ERR = 2e-2  # bf16 inputs; above this a backend is flagged WRONG
 
 
 def alibi_decay(heads: int) -> torch.Tensor:
     """Lightning Attention's per-head decay: rates 2^(-8 (h+1) / H) (ALiBi's slopes), as logs."""
-    return -torch.exp2(-8.0 * torch.arange(1, heads + 1, dtype=torch.float32) / heads)
+    return -alibi_slopes(heads)
 
 
 def parse_config(text: str | None) -> ag.LinearConfig | None:

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 
 import attngen as ag  # first: without a GPU it selects the Triton interpreter before triton is imported
 import bench_forward as bf
+import bench_common as common
 import triton
 from attngen.reference import neighborhood_matrix
 from report import (MAX_REL_ERR, BackendError, Measurement, SweepPoint, SweepResult, config_label, format_err,
@@ -319,15 +320,6 @@ def time_ms(fn: Fn, device: torch.device, warmup: float, rep: float) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def raise_dynamo_limits() -> None:
-    """One compiled flex_attention serves every mask: allow a recompile per case."""
-    import torch._dynamo.config as dcfg
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dcfg, name):
-            setattr(dcfg, name, max(getattr(dcfg, name), 64))
-
-
 # --------------------------------------------------------------------------- results
 
 
@@ -433,42 +425,17 @@ def build_attngen_natten(case: NACase, q: Tensor, k: Tensor, v: Tensor, scale: f
     return fn
 
 
-_FLEX: dict[str, Callable] = {}
-
-
 def build_flex(case: NACase, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Fn:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    if "fn" not in _FLEX:  # one compiled flex_attention for the process; it recompiles once per mask
-        raise_dynamo_limits()
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    flex = _FLEX["fn"]
-    start = time.perf_counter()
-    args = (na_mask_mod(case),)
-    kwargs = dict(B=None, H=None, Q_LEN=case.L, KV_LEN=case.L, device=q.device)
-    if case.L <= 16384:  # eager: fast enough (PEERS.md: 6-64 ms at 16K tokens)
-        block_mask = create_block_mask(*args, **kwargs)
-    else:  # compiled, so that no L x L temporaries are materialized
-        try:
-            block_mask = create_block_mask(*args, **kwargs, _compile=True)
-        except TypeError:  # torch versions without the (deprecated) flag
-            block_mask = torch.compile(create_block_mask)(*args, **kwargs)
+    flex = common.compiled_flex()  # one for the process; it recompiles once per mask
+    block_mask, block_mask_s = common.timed_block_mask(na_mask_mod(case), case.L, q.device)
     fn: Fn = lambda: flex(q, k, v, block_mask=block_mask, scale=scale)  # noqa: E731
-    fn.block_mask_s = time.perf_counter() - start
+    fn.block_mask_s = block_mask_s
     return fn
 
 
 def build_sdpa(backend_name: str) -> Callable[..., Fn]:
     def build(case: NACase, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Fn:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        backend = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}[backend_name]
-
-        def fn() -> Tensor:
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, scale=scale)
-
-        return fn
+        return common.sdpa_fn(backend_name, q, k, v, scale=scale)
 
     return build
 

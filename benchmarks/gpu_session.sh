@@ -7,6 +7,7 @@
 #                                                 the NA examples, then bench_neighborhood.py ARGS
 #   bash benchmarks/gpu_session.sh backward [ARGS] bench_backward.py ARGS (forward+backward vs Flex)
 #   bash benchmarks/gpu_session.sh norms [ARGS]    the normalization examples, then bench_normalizations.py
+#   bash benchmarks/gpu_session.sh compare [ARGS]  compare.py ARGS (every family vs every peer; --families to split)
 set -uo pipefail
 stage=${1:-tests}
 shift || true
@@ -44,5 +45,8 @@ case "$stage" in
     done
     python3 benchmarks/bench_normalizations.py --out "$out" "$@" 2>&1 | tee "$out/bench_normalizations.log"
     ;;
-  *) echo "unknown stage '$stage' (tests, bench, neighborhood, backward or norms)" >&2; exit 2 ;;
+  compare)
+    python3 benchmarks/compare.py --out "$out" "$@" 2>&1 | tee "$out/compare.log"
+    ;;
+  *) echo "unknown stage '$stage' (tests, bench, neighborhood, backward, norms or compare)" >&2; exit 2 ;;
 esac
