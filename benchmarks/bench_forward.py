@@ -79,6 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def git_commit() -> str:
+    """The commit benchmarked: ``$ATTNGEN_COMMIT`` if set (the device tool's copy of the tree
+    can carry stale git metadata), else ``git rev-parse HEAD``."""
+    if os.environ.get("ATTNGEN_COMMIT"):
+        return os.environ["ATTNGEN_COMMIT"]
     try:
         res = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                              timeout=10, cwd=Path(__file__).resolve().parent)
