@@ -12,6 +12,7 @@ import torch
 from helpers import DEVICE, DTYPES, GRAD_TOLERANCE, check_grads, doc_ids, dtype_id
 
 import attngen as ag
+from attngen.runtime.neighborhood import NeighborhoodPlan
 
 SMALL = ag.KernelConfig(16, 16, 4, 1)
 
@@ -51,6 +52,12 @@ NA_CASES = {  # name: (variant, spatial shape)
     "3d_softcap": (ag.Variant(mask=ag.neighborhood((2, 3, 3)), score=_softcap), (3, 5, 6)),
     "2d_and_causal": (ag.Variant(mask=ag.neighborhood((5, 5)) & ag.causal()), (6, 8)),
     "2d_axial": (ag.Variant(mask=ag.neighborhood((1, 8))), (5, 8)),
+    # windows wider than the 16-token boxes: dK/dV's inner query boxes (no window test) exist
+    "1d_k41": (ag.Variant(mask=ag.neighborhood(41)), (100,)),
+    "2d_k9": (ag.Variant(mask=ag.neighborhood((9, 9))), (12, 13)),
+    "2d_k7_dilated_causal_strided": (ag.Variant(mask=ag.neighborhood((7, 9), dilation=(2, 1), stride=(1, 3),
+                                                                     is_causal=(False, True))), (15, 11)),
+    "2d_k9_and_causal": (ag.Variant(mask=ag.neighborhood((9, 9)) & ag.causal()), (12, 13)),
 }
 
 
@@ -77,6 +84,16 @@ def test_neighborhood_gradients(name, dtype):
     variant, shape = NA_CASES[name]
     L = int(torch.tensor(shape).prod())
     check_grads(variant, 1, 4, 2, L, L, 32, 16, dtype, config=SMALL, spatial_shape=shape)
+
+
+@pytest.mark.parametrize("name", ["2d_k9", "2d_k7_dilated_causal_strided", "2d_k9_and_causal", "3d_softcap"])
+def test_neighborhood_gradients_with_inner_boxes_forced(name, monkeypatch):
+    """dK/dV's inner query boxes (walked without the window test; the launcher takes them on
+    1-D grids, where they pay) are exact on 2-D and 3-D grids too."""
+    monkeypatch.setattr(NeighborhoodPlan, "inner_query_boxes", property(lambda self: True))
+    variant, shape = NA_CASES[name]
+    L = int(torch.tensor(shape).prod())
+    check_grads(variant, 1, 2, 1, L, L, 32, 16, torch.float32, config=SMALL, spatial_shape=shape)
 
 
 @pytest.mark.parametrize("name", ["2d_3x5", "2d_dilated_strided"])

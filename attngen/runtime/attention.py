@@ -162,9 +162,12 @@ class CompiledAttention(CompiledKernel):
             return score_tensor_grads(self.variant, names, q, k, v, out, lse, dout, dlse, sm_scale, bound,
                                       spatial_shape)
 
-        # dense and one-sided (causal-like) bands are mostly whole tiles: the large backward tiles
-        one_sided_band = self.ir.strategy == BAND and self.ir.band.lo is None
-        small_tiles = self.ir.strategy != DENSE and not one_sided_band
+        # mostly whole tiles take the large backward tiles: dense, one-sided (causal-like) bands,
+        # and neighborhoods whose forward takes the dense kernel's tiles (wide windows)
+        if self.ir.strategy == NEIGHBORHOOD:
+            small_tiles = not self.neighborhood_prefers_dense(p, axes)
+        else:
+            small_tiles = self.ir.strategy != DENSE and not (self.ir.strategy == BAND and self.ir.band.lo is None)
         return BackwardSetup(module, sm_scale, bound, small_tiles, learnable, in_kernel, tiles_for,
                              tensor_grads_in_torch)
 

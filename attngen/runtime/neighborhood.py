@@ -156,6 +156,14 @@ class NeighborhoodPlan:
         return max(a.size for a in self.axes).bit_length() + 1
 
     @property
+    def inner_query_boxes(self) -> bool:
+        """Whether the dK/dV pass first walks the query boxes that see a whole KV box, without
+        the window test. H100 (benchmarks/NOTES.md, session 4): it pays where one axis varies
+        (1-D window 2047: fwd+bwd 6.63 -> 6.16 ms) and cost 3-4% on 2-D 31x31 and 3-D 7x15x15,
+        where two loops per program each start a pipeline for fewer boxes."""
+        return sum(a.size > 1 for a in self.axes) <= 1
+
+    @property
     def has_partial(self) -> bool:
         """Whether any KV tile needs mask code (False: perfectly block sparse)."""
         return any(t.kv_tiles != t.full_tiles for t in self.per_axis)
