@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh backward [ARGS] bench_backward.py ARGS (forward+backward vs Flex)
 #   bash benchmarks/gpu_session.sh norms [ARGS]    the normalization examples, then bench_normalizations.py
 #   bash benchmarks/gpu_session.sh compare [ARGS]  compare.py ARGS (every family vs every peer; --families to split)
+#   bash benchmarks/gpu_session.sh compile [ARGS]  bench_compile.py ARGS (first call and disk-cache reload vs Flex)
 set -uo pipefail
 stage=${1:-tests}
 shift || true
@@ -48,5 +49,9 @@ case "$stage" in
   compare)
     python3 benchmarks/compare.py --out "$out" "$@" 2>&1 | tee "$out/compare.log"
     ;;
-  *) echo "unknown stage '$stage' (tests, bench, neighborhood, backward, norms or compare)" >&2; exit 2 ;;
+  compile)
+    # every measurement is a fresh process on its own temporary caches (ATTNGEN_CACHE_DIR above is not used)
+    python3 benchmarks/bench_compile.py --out "$out" "$@" 2>&1 | tee "$out/bench_compile.log"
+    ;;
+  *) echo "unknown stage '$stage' (tests, bench, neighborhood, backward, norms, compare or compile)" >&2; exit 2 ;;
 esac

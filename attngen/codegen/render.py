@@ -8,8 +8,8 @@ expression (``printer.TritonPrinter``). The loop structure lives in the template
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import jinja2
 import sympy
 
 from .. import __version__
@@ -19,6 +19,9 @@ from ..ir.kernel import BAND, TILES, KernelIR
 from ..ir.nodes import Sigmoid, Softmax
 from ..passes.normalization import CHUNKED_LINEAR, ONLINE_SOFTMAX
 from .printer import HostPrinter, TritonPrinter
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATE = "attention_fwd.py.j2"
 
@@ -270,6 +273,10 @@ def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, Te
 
 
 def _environment() -> jinja2.Environment:
+    # Imported here: only generating a module needs Jinja2, and a compile that finds its
+    # module in the disk cache should not pay for the import.
+    import jinja2
+
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), trim_blocks=True,
                               lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
                               autoescape=False)
