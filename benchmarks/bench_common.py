@@ -7,11 +7,15 @@ costs nothing on a machine where the peers are never run (CPU smoke runs).
 """
 from __future__ import annotations
 
+import datetime
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+
+import attngen as ag  # before triton: without a GPU it selects the Triton interpreter
+import triton  # noqa: E402
 
 Tensor = torch.Tensor
 Fn = Callable[[], Tensor]
@@ -88,3 +92,17 @@ def alibi_score(score, b, h, q_idx, kv_idx, slopes):
     """ALiBi as a score_mod: attngen reads ``slopes`` as a named runtime tensor; FlexAttention
     gets it through a closure (``lambda s, b, h, q, kv: alibi_score(s, b, h, q, kv, slopes)``)."""
     return score - slopes[h] * abs(q_idx - kv_idx)
+
+
+def run_environment(device: torch.device, dtype: torch.dtype, commit: str) -> dict[str, Any]:
+    """What every results header records: date, device, library versions, commit, dtype."""
+    cuda = device.type == "cuda"
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "device": torch.cuda.get_device_name(0) if cuda else "CPU (Triton interpreter)",
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
+        "torch": torch.__version__, "triton": triton.__version__, "attngen": ag.__version__,
+        "commit": commit, "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "dtype": str(dtype).replace("torch.", ""),
+    }

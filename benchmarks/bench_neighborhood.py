@@ -45,7 +45,6 @@ The main markdown table is printed last.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import math
@@ -62,7 +61,6 @@ import torch.nn.functional as F
 import attngen as ag  # first: without a GPU it selects the Triton interpreter before triton is imported
 import bench_forward as bf
 import bench_common as common
-import triton
 from attngen.reference import neighborhood_matrix
 from report import (MAX_REL_ERR, BackendError, Measurement, SweepPoint, SweepResult, config_label, format_err,
                     is_correct, md_escape, ranked, relative_l2, short_reason, sweep_markdown, tflops,
@@ -887,18 +885,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def collect_environment(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    cuda = on_cuda(device)
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "device": torch.cuda.get_device_name(0) if cuda else "CPU (Triton interpreter)",
-        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
-        "torch": torch.__version__, "triton": triton.__version__, "attngen": ag.__version__,
-        "commit": bf.git_commit(), "cuda": torch.version.cuda if cuda else None,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke,
-        "warmup_ms": args.warmup, "rep_ms": args.rep, "sweep_warmup_ms": args.sweep_warmup,
-        "sweep_rep_ms": args.sweep_rep, "seed": args.seed, "sampled_rows": SAMPLED_ROWS,
-    }
+    return {**common.run_environment(device, dtype, bf.git_commit()), "smoke": args.smoke,
+            "warmup_ms": args.warmup, "rep_ms": args.rep, "sweep_warmup_ms": args.sweep_warmup,
+            "sweep_rep_ms": args.sweep_rep, "seed": args.seed, "sampled_rows": SAMPLED_ROWS}
 
 
 def self_check_masks() -> list[str]:

@@ -30,7 +30,6 @@ every case, so a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -44,11 +43,11 @@ import torch
 import attngen as ag  # first: without a GPU it selects the Triton interpreter before triton is imported
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_forward as bf  # noqa: E402 - benchmarks/ is a folder of scripts
+import bench_common as common  # noqa: E402 - benchmarks/ is a folder of scripts
+import bench_forward as bf  # noqa: E402
 import bench_neighborhood as bn  # noqa: E402
 import compare_cases as cc  # noqa: E402
 import compare_report as cr  # noqa: E402
-import triton  # noqa: E402
 from report import Measurement, relative_l2, short_reason, tflops  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,17 +127,9 @@ def log(msg: str) -> None:
 
 
 def environment(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    cuda = device.type == "cuda"
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "device": torch.cuda.get_device_name(0) if cuda else "CPU (Triton interpreter)",
-        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
-        "torch": torch.__version__, "triton": triton.__version__, "attngen": ag.__version__,
-        "commit": bf.git_commit(), "cuda": torch.version.cuda if cuda else None,
-        "cudnn": torch.backends.cudnn.version() if cuda else None, "fla": None,
-        "dtype": str(dtype).replace("torch.", ""), "smoke": args.smoke, "warmup_ms": args.warmup,
-        "rep_ms": args.rep, "seed": args.seed, "families": args.families, "modes": args.modes,
-    }
+    return {**common.run_environment(device, dtype, bf.git_commit()), "fla": None, "smoke": args.smoke,
+            "warmup_ms": args.warmup, "rep_ms": args.rep, "seed": args.seed, "families": args.families,
+            "modes": args.modes}
 
 
 def fla_version() -> str | None:
