@@ -8,6 +8,7 @@ costs nothing on a machine where the peers are never run (CPU smoke runs).
 from __future__ import annotations
 
 import datetime
+import sys
 import time
 from typing import Any, Callable
 
@@ -106,3 +107,14 @@ def run_environment(device: torch.device, dtype: torch.dtype, commit: str) -> di
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "dtype": str(dtype).replace("torch.", ""),
     }
+
+
+def device_and_dtype(script: str, smoke: bool) -> tuple[torch.device, torch.dtype] | None:
+    """bf16 on the GPU; without one, only a ``--smoke`` run, in float32 on the CPU (the
+    Triton interpreter computes bf16 dots wrongly). None, after saying why, otherwise."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    if smoke:
+        return torch.device("cpu"), torch.float32
+    print(f"{script} needs a CUDA GPU (or --smoke)", file=sys.stderr)
+    return None

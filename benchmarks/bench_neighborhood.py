@@ -902,12 +902,10 @@ def self_check_masks() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.smoke:
-        print("bench_neighborhood.py needs a CUDA GPU (or --smoke)", file=sys.stderr)
+    picked = common.device_and_dtype("bench_neighborhood.py", args.smoke)
+    if picked is None:
         return 2
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32  # the interpreter computes bf16 dots wrongly
+    device, dtype = picked
     cases = select_cases(args.cases, args.smoke)
     env = collect_environment(args, device, dtype)
     bf.log(f"{env['device']} | torch {env['torch']} | Triton {env['triton']} | attngen {env['attngen']} | "

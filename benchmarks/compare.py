@@ -342,12 +342,10 @@ def free_memory() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.smoke:
-        print("compare.py needs a CUDA GPU (or --smoke)", file=sys.stderr)
+    picked = common.device_and_dtype("compare.py", args.smoke)
+    if picked is None:
         return 2
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32  # the interpreter computes bf16 dots wrongly
+    device, dtype = picked
     cases = select_cases(args)
     env = environment(args, device, dtype)
     log(f"{env['device']} | torch {env['torch']} | Triton {env['triton']} | attngen {env['attngen']} | "

@@ -21,16 +21,16 @@ import triton
 from .config import KernelConfig
 
 
-def backward_config(device: torch.device, forward: KernelConfig, masked: bool) -> tuple[KernelConfig, KernelConfig]:
+def backward_config(device: torch.device, forward: KernelConfig, small_tiles: bool) -> tuple[KernelConfig, KernelConfig]:
     """Tiles of the (dK/dV, dQ) passes: each program owns a tile of BLOCK_OWN rows and steps
     through the other side BLOCK_STEP at a time (FlashAttention-2's split). H100, bf16,
     L=8192, D=128 (benchmarks/NOTES.md, 2026-11-24 session 4): 128/64 with 8 warps is best
-    for dense and causal (420 and 387 TFLOP/s fwd+bwd); ``masked`` (two-sided bands, tile
-    lists, neighborhoods) takes 64/32 with 4 warps (window 1024: 277 against 261 with
+    for dense and causal (420 and 387 TFLOP/s fwd+bwd); ``small_tiles`` (two-sided bands, tile
+    lists, 2-D/3-D neighborhoods) takes 64/32 with 4 warps (window 1024: 277 against 261 with
     128/64); 4 warps on 128-row tiles spill (139-208)."""
     if device.type != "cuda":
         return forward, forward
-    own, step, warps, stages = (64, 32, 4, 3) if masked else (128, 64, 8, 3)
+    own, step, warps, stages = (64, 32, 4, 3) if small_tiles else (128, 64, 8, 3)
     return KernelConfig(step, own, warps, stages), KernelConfig(own, step, warps, stages)
 
 
@@ -52,7 +52,7 @@ class BackwardSetup:
     module: object
     sm_scale: float
     tensors: dict[str, torch.Tensor]
-    masked: bool  # the backward takes the small tiles (two-sided bands, tile lists, neighborhoods)
+    small_tiles: bool  # the backward takes the small tiles (two-sided bands, tile lists, 2-D/3-D neighborhoods)
     learnable: tuple[str, ...]
     kernel_grads: frozenset[str]  # learnable tensors whose gradients the kernels accumulate
     tiles_for: Callable
@@ -76,7 +76,7 @@ class AttentionFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        config = backward_config(q.device, ctx.config, setup.masked)
+        config = backward_config(q.device, ctx.config, setup.small_tiles)
         while True:
             buffers = {n: torch.zeros(setup.tensors[n].shape, dtype=torch.float32, device=q.device)
                        for n in setup.kernel_grads}

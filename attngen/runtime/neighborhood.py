@@ -161,7 +161,7 @@ class NeighborhoodPlan:
         the window test. H100 (benchmarks/NOTES.md, session 4): it pays where one axis varies
         (1-D window 2047: fwd+bwd 6.63 -> 6.16 ms) and cost 3-4% on 2-D 31x31 and 3-D 7x15x15,
         where two loops per program each start a pipeline for fewer boxes."""
-        return sum(a.size > 1 for a in self.axes) <= 1
+        return one_axis_varies(self.axes)
 
     @property
     def has_partial(self) -> bool:
@@ -210,6 +210,11 @@ def _cost(axes: tuple[Axis, ...], q_box: tuple, kv_box: tuple) -> float:
     return visited + MASK_COST * (visited - full)
 
 
+def one_axis_varies(axes: tuple[Axis, ...]) -> bool:
+    """Whether the grid is effectively 1-D (every other axis has size 1)."""
+    return sum(a.size > 1 for a in axes) <= 1
+
+
 @functools.lru_cache(maxsize=256)
 def plan(axes: tuple[Axis, ...], block_m: int, block_n: int,
          q_box: tuple[int, int, int] | None = None, kv_box: tuple[int, int, int] | None = None) -> NeighborhoodPlan:
@@ -224,6 +229,7 @@ def plan(axes: tuple[Axis, ...], block_m: int, block_n: int,
     return NeighborhoodPlan(axes, *best)
 
 
+@functools.lru_cache(maxsize=256)  # asked on every call, by the forward's and the backward's tile choice
 def prefers_dense_tiles(axes: tuple[Axis, ...], dense_block_m: int, dense_block_n: int) -> bool:
     """Whether this grid runs best with the dense kernel's (large) tiles rather than the
     masked variants' smaller ones. H100 measurements (benchmarks/NOTES.md): 1-D windows and
@@ -231,11 +237,11 @@ def prefers_dense_tiles(axes: tuple[Axis, ...], dense_block_m: int, dense_block_
     program then walks too few KV tiles to fill the pipeline (blocked 16x16 windows with 2
     KV tiles per query tile ran 2x slower than with 64 x 64 tiles); 2-D/3-D windows waste
     less on their edges with small tiles."""
-    if sum(a.size > 1 for a in axes) <= 1:
+    if one_axis_varies(axes):
         return True
     big = plan(axes, dense_block_m, dense_block_n)
     counts = big.counts()
     return not big.has_partial and counts["visited_tiles"] >= 8 * counts["query_tiles"]
 
 
-__all__ = ["Axis", "prefers_dense_tiles", "AxisTiles", "NeighborhoodPlan", "RANK", "axis_tiles", "plan", "resolve_axes"]
+__all__ = ["Axis", "one_axis_varies", "prefers_dense_tiles", "AxisTiles", "NeighborhoodPlan", "RANK", "axis_tiles", "plan", "resolve_axes"]
