@@ -13,6 +13,7 @@ from .ir.kernel import KernelIR
 from .ir.nodes import Variant
 from .passes import lower
 from .passes.normalization import CHUNKED_LINEAR
+from .runtime import lowering_cache
 from .runtime.attention import CompiledAttention
 from .runtime.cache import cache_key, get_or_build
 from .runtime.linear import CompiledLinearAttention
@@ -45,11 +46,22 @@ def compile(variant: Variant, *, after_each_pass: Callable[[str, KernelIR], None
     """
     if not isinstance(variant, Variant):
         raise TypeError(f"compile: expected an ag.Variant, got {type(variant).__name__}")
-    ir = lower(variant, after_each_pass)
+    ir = _lowered(variant, after_each_pass, rebuild)
     ir_text = ir.to_text()
     key = kernel_key(ir_text)
     entry = get_or_build(key, lambda: (render(ir), ir_text), force=rebuild)
     return _compiled_class(ir)(variant, ir, entry.module_path, key, from_cache=not entry.built)
+
+
+def _lowered(variant: Variant, after_each_pass: Callable[[str, KernelIR], None] | None, rebuild: bool) -> KernelIR:
+    """The variant's final IR: from the lowering cache when a process lowered it before
+    (skipping networkx and sympy), else from the passes (then stored)."""
+    watching = after_each_pass is not None  # the caller wants to see every pass run
+    ir = None if watching or rebuild else lowering_cache.load(variant)
+    if ir is None:
+        ir = lower(variant, after_each_pass)
+        lowering_cache.store(variant, ir)
+    return ir
 
 
 def _compiled_class(ir: KernelIR) -> type:

@@ -114,13 +114,18 @@ def test_corrupt_entry_is_rebuilt(cache_dir, corrupt):
 
 
 def test_second_process_loads_from_disk(cache_dir):
+    """A second process finds the module, the lowered IR and (on a GPU) the compiled binaries:
+    it runs no pass (networkx is never imported) and never computes Triton's cache key."""
     v = _variant(0.75)
     parent = ag.compile(v)
     assert parent.from_cache is False
+    q, k, val = (torch.randn(1, 2, 24, 16, device=DEVICE) for _ in range(3))
+    parent(q, k, val)  # compiles the binaries, which the entry's index records
     mtime = parent.path.stat().st_mtime_ns
     child_code = textwrap.dedent(f"""
-        import json, torch
+        import json, sys, torch
         import attngen as ag
+        import triton.runtime.cache as triton_cache
 
         def biased(score, b, h, q_idx, kv_idx):
             return score - 0.01 * abs(q_idx - kv_idx) + 0.75
@@ -129,10 +134,12 @@ def test_second_process_loads_from_disk(cache_dir):
         attn = ag.compile(v)
         q, k, val = (torch.randn(1, 2, 24, 16, device={DEVICE!r}) for _ in range(3))
         out = attn(q, k, val)
+        key_computed = triton_cache.triton_key.cache_info().currsize > 0
         ref = ag.reference(v)(q, k, val)
         err = float((out.double() - ref).norm() / ref.norm())
         print(json.dumps({{"from_cache": attn.from_cache, "key": attn.key, "path": str(attn.path),
-                          "source_len": len(attn.source), "err": err}}))
+                          "source_len": len(attn.source), "err": err, "ran_passes": "networkx" in sys.modules,
+                          "triton_key_computed": key_computed}}))
     """)
     env = dict(os.environ)
     env["ATTNGEN_CACHE_DIR"] = str(cache_dir)
@@ -145,6 +152,8 @@ def test_second_process_loads_from_disk(cache_dir):
     assert report["path"] == str(parent.path)
     assert report["source_len"] == len(parent.source)
     assert report["err"] < tolerance(torch.float32)
+    assert report["ran_passes"] is False, "the lowered IR should come from the lowering cache"
+    assert report["triton_key_computed"] is False, "the binaries should load through the entry's index"
     assert parent.path.stat().st_mtime_ns == mtime
 
 
@@ -195,3 +204,20 @@ def test_cache_dir_env_is_honoured(tmp_path, monkeypatch):
         attn = ag.compile(_variant(2.0))
         assert attn.from_cache is False
         assert str(attn.path).startswith(str(tmp_path / name))
+
+
+def test_binaries_index_merges_writers_and_survives_damage(tmp_path):
+    """Two processes' records both survive (each write re-reads under the lock), and a damaged
+    index reads as empty instead of failing the call."""
+    from attngen.runtime.triton_binaries import INDEX, _Index
+
+    path = tmp_path / "entry" / INDEX
+    first, second = _Index(path), _Index(path)
+    assert first.get("a") is None and second.get("b") is None  # both have read the empty index
+    first.put("a", {"hash": "h1", "name": "k1"})
+    second.put("b", {"hash": "h2", "name": "k2"})
+    merged = _Index(path)
+    assert merged.get("a") == {"hash": "h1", "name": "k1"} and merged.get("b") == {"hash": "h2", "name": "k2"}
+    path.write_text("{ truncated")
+    assert _Index(path).get("a") is None
+    assert not list(path.parent.glob(".*.tmp")), "no temporary file may be left behind"

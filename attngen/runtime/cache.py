@@ -5,7 +5,9 @@ templates, the attngen and Triton versions and the target) holding ``kernel.py``
 ``kernel.ir`` and ``manifest.json``. Writers hold a file lock per entry and write each
 file to a temporary name before ``os.replace``; the manifest, written last, records the
 module's sha256, so an entry whose files do not match it (a crash mid-write, a disk
-error, an edit) is detected and rebuilt.
+error, an edit) is detected and rebuilt. An entry may also hold ``binaries.json``, the index of
+the Triton binaries its kernels were compiled to (``triton_binaries``), and the cache root a
+``lowered/`` folder (``lowering_cache``).
 """
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ def cache_root() -> Path:
     """``$ATTNGEN_CACHE_DIR`` if set, else the user cache folder (platformdirs)."""
     env = os.environ.get("ATTNGEN_CACHE_DIR")
     return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("attngen"))
+
+
+def entry_dir(key: str) -> Path:
+    """The folder of the cache entry for ``key``."""
+    return cache_root() / key[:2] / key
 
 
 def cache_key(*parts: str) -> str:
@@ -78,7 +85,7 @@ def _valid(path: Path, key: str) -> bool:
 def get_or_build(key: str, build: Callable[[], tuple[str, str]], force: bool = False) -> Entry:
     """Return the entry for ``key``, calling ``build() -> (module_source, ir_text)`` if it
     is missing or corrupt (or ``force``)."""
-    path = cache_root() / key[:2] / key
+    path = entry_dir(key)
     if not force and _valid(path, key):
         return Entry(key, path, built=False)
     path.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ import torch
 
 from ..ir.kernel import KernelIR
 from ..ir.nodes import Variant
+from . import triton_binaries
+from .cache import entry_dir
 from .loader import interpreter_active, load_module
 from .validate import Problem, check_out
 
@@ -40,7 +42,10 @@ class CompiledKernel:
             raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
                              "before importing triton (attngen does so itself when no GPU is present)")
         if self._module is None:  # resolving the path on every call cost ~0.1 ms of host time
-            self._module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+            module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+            if not interpreter_active():
+                triton_binaries.attach(module, entry_dir(self.key))
+            self._module = module
         return self._module
 
     @staticmethod
