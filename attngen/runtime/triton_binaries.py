@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import types
@@ -31,6 +32,7 @@ from typing import Any
 from filelock import FileLock
 
 INDEX = "binaries.json"
+LOG = logging.getLogger(__name__)
 _ATTACHED = "__attngen_binaries__"  # marks a module whose kernels are already wrapped
 
 
@@ -51,7 +53,8 @@ def attach(module: types.ModuleType, entry_dir: Path) -> None:
 
 
 def _has_jit_internals(fn: Any) -> bool:
-    return all(hasattr(fn, name) for name in ("_do_compile", "device_caches", "ASTSource"))
+    # (``fn.ASTSource`` appears only once the function's first launch has built its binder)
+    return all(hasattr(fn, name) for name in ("_do_compile", "device_caches"))
 
 
 class _Index:
@@ -120,7 +123,10 @@ def _recording_compile(fn: Any, do_compile: Any, index: _Index) -> Any:
         if _hooks_installed():
             return do_compile(key, signature, device, constexprs, options, attrs, warmup)
         record_key = _record_key(fn, str(key))
-        kernel = _reload(fn, index.get(record_key), signature, constexprs, attrs)
+        record = index.get(record_key)
+        kernel = _reload(fn, record, signature, constexprs, attrs)
+        LOG.debug("%s: %s (record %s, specialization %s)", fn.__name__,
+                  "reloaded" if kernel is not None else "compiling", record_key[:12] if record else None, key)
         if kernel is not None:
             fn.device_caches[device][0][key] = kernel  # Triton's in-memory kernel cache
             return kernel
@@ -138,14 +144,17 @@ def _reload(fn: Any, record: dict[str, str] | None, signature, constexprs, attrs
     if not record:
         return None
     try:
-        from triton.compiler.compiler import CompiledKernel
+        from triton.compiler.compiler import ASTSource, CompiledKernel
         from triton.runtime.cache import get_cache_manager
 
         group = get_cache_manager(record["hash"]).get_group(f"{record['name']}.json")
         if not group:
+            LOG.debug("binary %s is no longer in Triton's cache", record["hash"][:12])
             return None
-        return CompiledKernel(fn.ASTSource(fn, signature, constexprs, attrs), group, record["hash"])
-    except Exception:  # noqa: BLE001 - any failure means: compile as Triton would
+        source = getattr(fn, "ASTSource", ASTSource)(fn, signature, constexprs, attrs)
+        return CompiledKernel(source, group, record["hash"])
+    except Exception as exc:  # noqa: BLE001 - any failure means: compile as Triton would
+        LOG.debug("cannot reload binary %s: %s: %s", record.get("hash"), type(exc).__name__, exc)
         return None
 
 
