@@ -664,6 +664,11 @@ def progress_line(r: Record) -> str:
 
 
 def git_commit() -> str:
+    """``$ATTNGEN_COMMIT`` if set (the device tool's copy of the tree carries stale git
+    metadata), else ``git rev-parse HEAD``. (bench_forward.git_commit imports torch; this
+    parent imports only the standard library.)"""
+    if os.environ.get("ATTNGEN_COMMIT"):
+        return os.environ["ATTNGEN_COMMIT"]
     try:
         res = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=REPO, check=False)
