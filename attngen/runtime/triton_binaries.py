@@ -99,13 +99,15 @@ def _atomic_write_json(path: Path, data: dict) -> None:
         raise
 
 
-def _record_key(fn: Any, jit_key: str) -> str:
-    """The function, Triton's in-memory specialization key and the environment variables
-    that Triton's own disk key includes (TRITON_* settings that change code generation)."""
+def _record_key(fn: Any, jit_key: str, device: int) -> str:
+    """The function, Triton's in-memory specialization key, the device's target (a machine
+    may mix GPU generations) and the environment variables that Triton's own disk key
+    includes (TRITON_* settings that change code generation)."""
     from triton._C.libtriton import get_cache_invalidating_env_vars
 
+    target = fn.device_caches[device][2]
     env = sorted(get_cache_invalidating_env_vars().items())
-    return hashlib.sha256(f"{fn.__name__}\n{jit_key}\n{env}".encode()).hexdigest()
+    return hashlib.sha256(f"{fn.__name__}\n{jit_key}\n{target}\n{env}".encode()).hexdigest()
 
 
 def _hooks_installed() -> bool:
@@ -122,7 +124,7 @@ def _recording_compile(fn: Any, do_compile: Any, index: _Index) -> Any:
     def compile_or_reload(key, signature, device, constexprs, options, attrs, warmup):
         if _hooks_installed():
             return do_compile(key, signature, device, constexprs, options, attrs, warmup)
-        record_key = _record_key(fn, str(key))
+        record_key = _record_key(fn, str(key), device)
         record = index.get(record_key)
         kernel = _reload(fn, record, signature, constexprs, attrs)
         LOG.debug("%s: %s (record %s, specialization %s)", fn.__name__,
