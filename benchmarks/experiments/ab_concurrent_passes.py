@@ -1,19 +1,22 @@
 """A/B: the backward's dQ pass on a side stream beside dK/dV, or after it (H100, bf16).
 
-    PYTHONPATH=. python benchmarks/experiments/ab_concurrent_passes.py
+    PYTHONPATH=. [ROUNDS=5] [CASES=dense,causal] python benchmarks/experiments/ab_concurrent_passes.py
 
 CONCURRENT_PASSES is the generated module's constant. Prediction: each pass's last wave
 leaves SMs idle for a few percent of its time; side by side, the other pass fills them, so
 forward+backward gains 2-4% where both passes are long, less on small problems.
 Forward+backward TFLOP/s (3.5x the forward's attended-entry FLOPs), interleaved rounds.
 """
+import os
+
 import torch
 import triton
 
 import attngen as ag
 
 B, H, L, D = 2, 16, 8192, 128
-ROUNDS = 3
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+ONLY = [c for c in os.environ.get("CASES", "").split(",") if c]  # e.g. CASES=dense,causal
 
 
 def cases():
@@ -36,6 +39,8 @@ def cases():
 
 def main() -> None:
     for name, variant, (b, h, l, d), entries, kwargs in cases():
+        if ONLY and not any(name.startswith(c) for c in ONLY):
+            continue
         attn = ag.compile(variant)
         q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         do = torch.randn_like(q)
