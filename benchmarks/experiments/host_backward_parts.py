@@ -42,3 +42,29 @@ t=time.perf_counter()
 for _ in range(N):
     torch.autograd.grad(out,(q,k,v),do, retain_graph=True)
 torch.cuda.synchronize(); print(f"grad only {(time.perf_counter()-t)/N*1e6:.0f} us")
+
+# The forward with gradients enabled, by part.
+import attngen.runtime.attention as AT
+T.clear()
+AT.CompiledAttention._backward_setup = timed("_backward_setup", AT.CompiledAttention._backward_setup)
+AG.AttentionFunction.apply = timed("AttentionFunction.apply", AG.AttentionFunction.apply)
+AT.CompiledAttention.prepare = timed("prepare", AT.CompiledAttention.prepare)
+AT.CompiledAttention._launch_with_fallback = timed("_launch_with_fallback", AT.CompiledAttention._launch_with_fallback)
+fwd_kernel = [o for n, o in vars(module).items() if n.endswith("_fwd")][0]
+fwd_kernel.run = timed("run fwd kernel", fwd_kernel.run)
+t = time.perf_counter()
+for _ in range(N):
+    out = attn(q, k, v)
+torch.cuda.synchronize()
+print(f"fwd with grad {(time.perf_counter() - t) / N * 1e6:.0f} us; parts:")
+for k_, v_ in T.items():
+    print(f"  {k_:40s} {v_ / N * 1e6:.0f} us")
+T.clear()
+with torch.no_grad():
+    t = time.perf_counter()
+    for _ in range(N):
+        out = attn(q, k, v)
+    torch.cuda.synchronize()
+print(f"fwd no grad {(time.perf_counter() - t) / N * 1e6:.0f} us; parts:")
+for k_, v_ in T.items():
+    print(f"  {k_:40s} {v_ / N * 1e6:.0f} us")
