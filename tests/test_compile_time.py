@@ -55,19 +55,22 @@ def test_every_requirement_runs_before_its_pass():
 
 # ---- imports -----------------------------------------------------------------------------
 
-def test_warm_compile_imports_no_jinja2_and_networkx_only_when_compiling():
-    """A compile whose module is in the disk cache renders nothing: no Jinja2. networkx is
-    imported by the first compile (the pass order), not by ``import attngen``."""
+def test_warm_compile_imports_neither_jinja2_nor_networkx():
+    """A compile whose module and lowered IR are in the disk cache renders nothing (no
+    Jinja2) and runs no pass (no networkx); a new variant runs the passes, which import
+    networkx then, not at ``import attngen``."""
     ag.compile(ag.Variant(mask=ag.causal(), name="import_probe"))  # fills the session's cache
     code = textwrap.dedent("""
         import sys
         import attngen as ag
         eager = [m for m in ("networkx", "jinja2") if m in sys.modules]
         attn = ag.compile(ag.Variant(mask=ag.causal(), name="import_probe"))
-        print(eager, [m for m in ("networkx", "jinja2") if m in sys.modules], attn.from_cache)
+        warm = [m for m in ("networkx", "jinja2") if m in sys.modules]
+        ag.compile(ag.Variant(mask=ag.sliding_window(3, 1), name="import_probe_new"), rebuild=True)
+        print(eager, warm, attn.from_cache, "networkx" in sys.modules)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[0] == "[] ['networkx'] True"
+    assert out.split("\n")[0] == "[] [] True True"
 
 
 # ---- bench_compile: the Flex mask ----------------------------------------------------------
