@@ -370,7 +370,8 @@ def from_json(data: dict[str, Any]) -> tuple[dict[str, Any], list[Row], list[dic
 
 def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One result from several runs' JSON: rows of all of them (a later run's row replaces an
-    earlier one of the same case and mode), the first run's environment, every run as a part."""
+    earlier one of the same case and mode), the last run's environment (the newest, as its
+    rows win), every run as a part."""
     if not docs:
         raise ValueError("nothing to merge")
     rows: dict[tuple[str, str], Row] = {}
@@ -378,7 +379,7 @@ def merge(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     env = None
     for doc in docs:
         e, rs, ps = from_json(doc)
-        env = env or e
+        env = e
         parts += ps
         rows.update({row_key(r): r for r in rs})
     return to_json(env, list(rows.values()), parts)

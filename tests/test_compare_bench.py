@@ -104,7 +104,8 @@ def test_merge_keeps_every_run_and_later_rows_win(tmp_path):
                                                 make_row("alibi", family="score_mods", attngen=1.0)])
     merged = cr.merge([first, second])
     got_env, rows, parts = cr.from_json(merged)
-    assert got_env["date_utc"] == "day 1" and [p["date_utc"] for p in parts] == ["day 1", "day 2"]
+    assert got_env["date_utc"] == "day 2", "the newest run's environment heads the report"
+    assert [p["date_utc"] for p in parts] == ["day 1", "day 2"]
     assert [(r.family, r.case) for r in rows] == [("dense", "dense_L8192_D128"), ("causal", "causal_L8192_D128"),
                                                  ("score_mods", "alibi")], "family order of the report"
     assert rows[0].ms("attngen") == 0.5, "a later run's row replaces an earlier one"
