@@ -1,6 +1,6 @@
 """A/B: the backward's dQ pass on a side stream beside dK/dV, or after it (H100, bf16).
 
-    PYTHONPATH=. [ROUNDS=5] [CASES=dense,causal] python benchmarks/experiments/ab_concurrent_passes.py
+    PYTHONPATH=. [ROUNDS=5] [CASES=dense,causal] [FLAG=CONTIGUOUS_RUNS] python benchmarks/experiments/ab_concurrent_passes.py
 
 CONCURRENT_PASSES is the generated module's constant. Prediction: each pass's last wave
 leaves SMs idle for a few percent of its time; side by side, the other pass fills them, so
@@ -17,6 +17,7 @@ import attngen as ag
 B, H, L, D = 2, 16, 8192, 128
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ONLY = [c for c in os.environ.get("CASES", "").split(",") if c]  # e.g. CASES=dense,causal
+FLAG = os.environ.get("FLAG", "CONCURRENT_PASSES")  # the module constant to switch (CONTIGUOUS_RUNS: tile lists)
 
 
 def cases():
@@ -53,14 +54,14 @@ def main() -> None:
         res = {True: [], False: []}
         for _ in range(ROUNDS):
             for concurrent in (True, False):
-                module.CONCURRENT_PASSES = concurrent
+                setattr(module, FLAG, concurrent)
                 step()
                 res[concurrent].append(triton.testing.do_bench(step, warmup=50, rep=300))
-        module.CONCURRENT_PASSES = True
+        setattr(module, FLAG, True)
         for concurrent, ms in res.items():
             med = sorted(ms)[len(ms) // 2]
             rate = f"{3.5 * 4 * b * h * entries * d / med / 1e9:.0f} TFLOP/s" if entries else ""
-            print(f"{name:20s} concurrent={concurrent!s:5s}: " + " ".join(f"{x:.3f}" for x in ms)
+            print(f"{name:20s} {FLAG}={concurrent!s:5s}: " + " ".join(f"{x:.3f}" for x in ms)
                   + f" ms (median {med:.3f}) {rate}", flush=True)
 
 
