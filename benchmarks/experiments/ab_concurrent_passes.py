@@ -1,6 +1,6 @@
 """A/B: the backward's dQ pass on a side stream beside dK/dV, or after it (H100, bf16).
 
-    PYTHONPATH=. [ROUNDS=5] [CASES=dense,causal] [FLAG=CONTIGUOUS_RUNS] python benchmarks/experiments/ab_concurrent_passes.py
+    PYTHONPATH=. [ROUNDS=5] [CASES=dense,causal] [FLAG=NAME] python benchmarks/experiments/ab_concurrent_passes.py
 
 CONCURRENT_PASSES is the generated module's constant. Prediction: each pass's last wave
 leaves SMs idle for a few percent of its time; side by side, the other pass fills them, so
@@ -17,7 +17,7 @@ import attngen as ag
 B, H, L, D = 2, 16, 8192, 128
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ONLY = [c for c in os.environ.get("CASES", "").split(",") if c]  # e.g. CASES=dense,causal
-FLAG = os.environ.get("FLAG", "CONCURRENT_PASSES")  # the module constant to switch (CONTIGUOUS_RUNS: tile lists)
+FLAG = os.environ.get("FLAG", "CONCURRENT_PASSES")  # the module constant to switch (CONTIGUOUS_RUNS existed in commit 244a5d8, measured and removed)
 
 
 def cases():
