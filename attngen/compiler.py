@@ -46,22 +46,24 @@ def compile(variant: Variant, *, after_each_pass: Callable[[str, KernelIR], None
     """
     if not isinstance(variant, Variant):
         raise TypeError(f"compile: expected an ag.Variant, got {type(variant).__name__}")
-    ir = _lowered(variant, after_each_pass, rebuild)
-    ir_text = ir.to_text()
+    ir, ir_text = _lowered(variant, after_each_pass, rebuild)
     key = kernel_key(ir_text)
     entry = get_or_build(key, lambda: (render(ir), ir_text), force=rebuild)
     return _compiled_class(ir)(variant, ir, entry.module_path, key, from_cache=not entry.built)
 
 
-def _lowered(variant: Variant, after_each_pass: Callable[[str, KernelIR], None] | None, rebuild: bool) -> KernelIR:
-    """The variant's final IR: from the lowering cache when a process lowered it before
-    (skipping networkx and sympy), else from the passes (then stored)."""
+def _lowered(variant: Variant, after_each_pass: Callable[[str, KernelIR], None] | None,
+             rebuild: bool) -> tuple[KernelIR, str]:
+    """The variant's final IR and its text: from the lowering cache when a process lowered
+    it before (skipping networkx and sympy), else from the passes (then stored)."""
     watching = after_each_pass is not None  # the caller wants to see every pass run
-    ir = None if watching or rebuild else lowering_cache.load(variant)
-    if ir is None:
-        ir = lower(variant, after_each_pass)
-        lowering_cache.store(variant, ir)
-    return ir
+    found = None if watching or rebuild else lowering_cache.load(variant)
+    if found is not None:
+        return found
+    ir = lower(variant, after_each_pass)
+    text = ir.to_text()
+    lowering_cache.store(variant, ir, text)
+    return ir, text
 
 
 def _compiled_class(ir: KernelIR) -> type:

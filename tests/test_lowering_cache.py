@@ -26,10 +26,10 @@ def cache_dir(tmp_path, monkeypatch):
 
 def _round_trip(v: ag.Variant):
     fresh = lower(v)
-    lowering_cache.store(v, fresh)
-    stored = lowering_cache.load(v)
-    assert stored is not None
-    return fresh, stored
+    lowering_cache.store(v, fresh, fresh.to_text())
+    found = lowering_cache.load(v)
+    assert found is not None and found[1] == fresh.to_text()
+    return fresh, found[0]
 
 
 def _assert_same_kernel(fresh, stored):
@@ -60,7 +60,7 @@ def test_captured_tensors_and_functions_are_not_stored(cache_dir):
     _assert_same_kernel(fresh, stored)
     data = next(cache_dir.glob("lowered/*/*.pickle")).read_bytes()
     assert b"_rebuild_tensor" not in data, "a captured tensor was pickled"
-    loaded = pickle.loads(data)[1]
+    loaded = pickle.loads(data)[1]  # (key, ir, text)
     traced = [m for m in _mask_nodes(loaded.mask) if isinstance(m, ag.MaskMod)]
     assert traced and all(m.fn is None and m.captures == () for m in traced)
 
@@ -85,7 +85,7 @@ def test_random_variants_round_trip(cache_dir, tree, mask):
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other_key"])
 def test_broken_entries_are_ignored_and_replaced(cache_dir, damage):
     v = builtin(builtin_names()[0])
-    lowering_cache.store(v, lower(v))
+    lowering_cache.store(v, lower(v), lower(v).to_text())
     path = next(cache_dir.glob("lowered/*/*.pickle"))
     data = path.read_bytes()
     if damage == "truncate":
@@ -93,7 +93,7 @@ def test_broken_entries_are_ignored_and_replaced(cache_dir, damage):
     elif damage == "garbage":
         path.write_bytes(b"not a pickle")
     else:
-        path.write_bytes(pickle.dumps(("another key", lower(v))))
+        path.write_bytes(pickle.dumps(("another key", lower(v), "text")))
     assert lowering_cache.load(v) is None
     attn = ag.compile(v)  # lowers again and stores a whole entry
     assert lowering_cache.load(v) is not None
@@ -102,7 +102,7 @@ def test_broken_entries_are_ignored_and_replaced(cache_dir, damage):
 
 def test_a_change_to_the_compiler_misses(cache_dir, monkeypatch):
     v = builtin(builtin_names()[0])
-    lowering_cache.store(v, lower(v))
+    lowering_cache.store(v, lower(v), lower(v).to_text())
     assert lowering_cache.load(v) is not None
     monkeypatch.setattr(lowering_cache, "compiler_fingerprint", lambda: "an edited pass")
     assert lowering_cache.load(v) is None

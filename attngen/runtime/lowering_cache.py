@@ -51,23 +51,27 @@ def _path(variant_text: str) -> tuple[str, Path]:
     return key, cache_root() / "lowered" / key[:2] / f"{key}.pickle"
 
 
-def load(variant: Variant) -> KernelIR | None:
-    """The lowered IR stored for ``variant``, or None."""
+def load(variant: Variant) -> tuple[KernelIR, str] | None:
+    """The lowered IR stored for ``variant`` and its text (the kernel cache key's core; kept
+    because printing some conditions imports more of sympy, 0.1-0.2 s), or None."""
     key, path = _path(variant.to_text())
     try:
         with evaluate(False):  # stored expressions are canonical already; evaluating would import more of sympy
-            stored_key, ir = pickle.loads(path.read_bytes())
+            stored_key, ir, text = pickle.loads(path.read_bytes())
     except Exception:  # noqa: BLE001 - missing, truncated or from another version: lower again
         return None
-    return ir if stored_key == key and isinstance(ir, KernelIR) else None
+    if stored_key != key or not isinstance(ir, KernelIR) or not isinstance(text, str):
+        return None
+    return ir, text
 
 
-def store(variant: Variant, ir: KernelIR) -> None:
-    """Keep ``ir`` as the lowering of ``variant`` (best effort: a read-only cache only costs time)."""
+def store(variant: Variant, ir: KernelIR, text: str) -> None:
+    """Keep ``ir`` (whose text is ``text``) as the lowering of ``variant`` (best effort: a
+    read-only cache only costs time)."""
     key, path = _path(variant.to_text())
     buffer = io.BytesIO()
     try:
-        _Pickler(buffer).dump((key, ir))
+        _Pickler(buffer).dump((key, ir, text))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
