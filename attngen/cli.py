@@ -69,9 +69,9 @@ def load_spec(spec: str) -> Variant:
 
 
 def _write(path: Path, text: str) -> None:
-    from .runtime.cache import _atomic_write
+    from .runtime.cache import atomic_write
 
-    _atomic_write(path, text)
+    atomic_write(path, text)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ import triton
 from filelock import FileLock
 
 from .._resources import autotune_dir
-from ..runtime.cache import _atomic_write, cache_root
+from ..runtime.cache import atomic_write, cache_root
 from ..runtime.config import KernelConfig
 
 FORMAT = 1
@@ -141,7 +141,7 @@ def save_record(gpu: str, kernel_key: str, dtype: torch.dtype, bucket: str, conf
             "config": config_to_dict(config), "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "triton": triton.__version__, "torch": torch.__version__, **info}
         data = {"format": FORMAT, "kernel": kernel_key, "gpu": gpu, "entries": entries}
-        _atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     _loaded.pop(path, None)
     return path
 

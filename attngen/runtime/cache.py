@@ -59,11 +59,13 @@ class Entry:
         return self.path / MODULE
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``:
+    readers see the old file or the whole new one, and a crash leaves no partial file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -94,8 +96,8 @@ def get_or_build(key: str, build: Callable[[], tuple[str, str]], force: bool = F
             return Entry(key, path, built=False)
         (path / MANIFEST).unlink(missing_ok=True)  # the entry is invalid until the manifest is back
         source, ir_text = build()
-        _atomic_write(path / MODULE, source)
-        _atomic_write(path / IR, ir_text)
+        atomic_write(path / MODULE, source)
+        atomic_write(path / IR, ir_text)
         manifest = {"key": key, "sha256": hashlib.sha256(source.encode()).hexdigest(), "created": time.time()}
-        _atomic_write(path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        atomic_write(path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return Entry(key, path, built=True)

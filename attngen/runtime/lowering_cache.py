@@ -19,9 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 from sympy.core.parameters import evaluate
@@ -30,7 +28,7 @@ from .. import __version__
 from ..ir.kernel import KernelIR
 from ..ir.nodes import Variant
 from ..ir.nodes import _TracedFunction
-from .cache import cache_key, cache_root
+from .cache import atomic_write, cache_key, cache_root
 
 PACKAGE = Path(__file__).resolve().parents[1]
 _BY_REFERENCE = ("fn", "captures")  # fields of a traced function that point into the user's process
@@ -73,14 +71,7 @@ def store(variant: Variant, ir: KernelIR, text: str) -> None:
     try:
         _Pickler(buffer).dump((key, ir, text))
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, buffer.getvalue())
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         pass
 

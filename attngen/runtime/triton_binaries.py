@@ -23,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import types
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from .cache import atomic_write
 
 INDEX = "binaries.json"
 LOG = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class _Index:
             with FileLock(str(self.path) + ".lock"):
                 records = self._read()  # another process may have added records meanwhile
                 records[key] = record
-                _atomic_write_json(self.path, records)
+                atomic_write(self.path, json.dumps(records, indent=0, sort_keys=True))
             self._records = records
         except OSError:  # a read-only cache only costs the next process its start-up time
             pass
@@ -86,17 +86,6 @@ class _Index:
         except (OSError, ValueError):
             return {}
         return records if isinstance(records, dict) else {}
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _record_key(fn: Any, jit_key: str, device: int) -> str:
