@@ -665,8 +665,8 @@ def progress_line(r: Record) -> str:
 
 def git_commit() -> str:
     """``$ATTNGEN_COMMIT`` if set (the device tool's copy of the tree carries stale git
-    metadata), else ``git rev-parse HEAD``. (bench_forward.git_commit imports torch; this
-    parent imports only the standard library.)"""
+    metadata), else ``git rev-parse HEAD``. Every benchmark's results header takes it from
+    here (bench_forward re-exports it), since this script imports only the standard library."""
     if os.environ.get("ATTNGEN_COMMIT"):
         return os.environ["ATTNGEN_COMMIT"]
     try:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -45,6 +44,7 @@ import attngen as ag
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import sdpa_fn  # noqa: E402
+from bench_compile import git_commit  # noqa: E402,F401 (the standard-library-only script keeps it; others call bf.git_commit)
 from report import (  # benchmarks/ is a folder of scripts: report.py sits beside this one
     BACKENDS, CASES, MAX_REL_ERR, BackendError, Case, CaseResult, Fn, Inputs, Measurement, SweepPoint, SweepResult,
     Tensor, attention_flops, config_label, full_markdown, is_correct, markdown_header, markdown_table, min_bytes,
@@ -76,19 +76,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.out is None:
         args.out = default_out_dir()
     return args
-
-
-def git_commit() -> str:
-    """The commit benchmarked: ``$ATTNGEN_COMMIT`` if set (the device tool's copy of the tree
-    can carry stale git metadata), else ``git rev-parse HEAD``."""
-    if os.environ.get("ATTNGEN_COMMIT"):
-        return os.environ["ATTNGEN_COMMIT"]
-    try:
-        res = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=Path(__file__).resolve().parent)
-        return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def collect_environment(args: argparse.Namespace) -> dict[str, Any]:
