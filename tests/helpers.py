@@ -116,14 +116,15 @@ def rel_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
     return (x - ref).norm().item() / (denom if denom > 0 else 1.0)
 
 
-def compare(variant_or_attn, q, k, v, *, scale=None, tol: float | None = None, **tensors):
-    """Run the compiled kernel and the float64 reference on the same inputs and assert they
-    agree (see the module docstring). Returns ``(out, lse, ref_out, ref_lse)``."""
+def compare(variant_or_attn, q, k, v, *, scale=None, tol: float | None = None, config=None, **tensors):
+    """Run the compiled kernel (at launch ``config`` when given) and the float64 reference on
+    the same inputs and assert they agree (see the module docstring). Returns
+    ``(out, lse, ref_out, ref_lse)``."""
     attn = _compiled(variant_or_attn)
     tol = tolerance(q.dtype) if tol is None else tol
     before = [t.clone() for t in (q, k, v, *tensors.values())]
 
-    out, lse = attn(q, k, v, scale=scale, return_lse=True, **tensors)
+    out, lse = attn(q, k, v, scale=scale, return_lse=True, config=config, **tensors)
     ref_out, ref_lse = ag.reference(attn.variant)(q, k, v, scale=scale, return_lse=True, **tensors)
 
     B, Hq, Lq, _ = q.shape
@@ -162,10 +163,10 @@ def compare(variant_or_attn, q, k, v, *, scale=None, tol: float | None = None, *
 
 
 def check(variant_or_attn, B, Hq, Hkv, Lq, Lkv, D, Dv, dtype, *, scale=None, layout="contiguous",
-          tol: float | None = None, **tensors):
+          tol: float | None = None, config=None, **tensors):
     """Fresh random q, k, v of the given sizes; ``compare`` the kernel with the reference."""
     q, k, v = make_qkv(B, Hq, Hkv, Lq, Lkv, D, Dv, dtype, layout)
-    return compare(variant_or_attn, q, k, v, scale=scale, tol=tol, **tensors)
+    return compare(variant_or_attn, q, k, v, scale=scale, tol=tol, config=config, **tensors)
 
 
 def doc_ids(B: int, L: int, n_docs: int = 4, sorted_: bool = True, device: str | None = None) -> torch.Tensor:

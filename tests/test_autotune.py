@@ -133,7 +133,10 @@ def test_names_buckets_and_keys(cache, causal):
     assert records.record_key(torch.bfloat16, "b") == "bfloat16/b"
     path = records.record_path(H100, causal.key)
     assert path == cache / "autotune" / H100 / f"{causal.key}.json"
-    assert records.structure_class("band", False, torch.float16, 40, 24) == "band/plain/float16/d64"
+    assert records.structure_class("band", "plain", torch.float16, 40, 24) == "band/plain/float16/d64"
+    assert records.structure_class("dense", "mod", torch.bfloat16, 128, 128) == "dense/mod/bfloat16/d128"
+    with pytest.raises(ValueError, match="score_kind"):
+        records.structure_class("dense", False, torch.bfloat16, 128, 128)
 
 
 # ---- record files ------------------------------------------------------------------------
@@ -187,14 +190,20 @@ def test_corrupt_record_is_ignored_then_regenerated(cache, causal, garbage):
 
 def test_shipped_h100_defaults_equal_the_heuristic():
     table = records.shipped_table("h100")
-    assert len(table) == 150
+    assert len(table) == 5 * 3 * 3 * 5  # strategy x score kind x dtype x head-dim bucket
     with mock.patch("torch.cuda.get_device_capability", return_value=(9, 0)):
         for cls, config in table.items():
-            strategy, reads, dtype, d = cls.split("/")
+            strategy, kind, dtype, d = cls.split("/")
             masked = strategy not in ("dense", "neighborhood_dense")
+            neighborhood = strategy.startswith("neighborhood")  # its heuristic ignores the score
             want = choose_config(torch.device("cuda"), getattr(torch, dtype), int(d[1:]), int(d[1:]), 4096, 4096,
-                                 tile_reads=reads == "reads", masked=masked)
+                                 tile_reads=kind == "reads", masked=masked, halves=strategy in ("dense", "band"),
+                                 score_mod=kind == "mod" and not neighborhood)
             assert config == want, cls
+    # the two measured departures from the session-4 table (benchmarks/NOTES.md, session 6)
+    assert table["dense/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
+    assert table["dense/mod/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
+    assert table["band/plain/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
 
 
 def test_lookup_order_record_then_shipped_then_heuristic(cache, causal, monkeypatch):

@@ -72,6 +72,8 @@ def config_to_dict(c: KernelConfig) -> dict:
     for name in ("q_box", "kv_box"):
         if getattr(c, name) is not None:
             out[name] = list(getattr(c, name))
+    if c.halves:
+        out["halves"] = True
     return out
 
 
@@ -85,7 +87,10 @@ def config_from_dict(d: object) -> KernelConfig:
             fields[k] = tuple(d[k])
     if not all(isinstance(v, int) and not isinstance(v, bool) for k, v in fields.items() if not k.endswith("box")):
         raise TypeError(f"config fields must be integers: {d}")
-    return KernelConfig(**fields)
+    halves = d.get("halves", False)
+    if not isinstance(halves, bool):
+        raise TypeError(f"config field halves must be true or false: {d}")
+    return KernelConfig(**fields, halves=halves)
 
 
 def _parse(path: Path, text: str) -> dict[str, dict]:
@@ -152,11 +157,18 @@ def d_bucket(d: int, dv: int) -> int:
     return max(16, pow2(max(d, dv)))
 
 
-def structure_class(strategy: str, tile_reads: bool, dtype: torch.dtype, d: int, dv: int) -> str:
-    """The shipped-defaults key: e.g. ``dense/plain/bfloat16/d128``. Neighborhood strategies
-    are ``neighborhood_dense`` (runs best on the dense kernel's tiles) or
-    ``neighborhood_masked`` (select.py decides, as the heuristic does)."""
-    return f"{strategy}/{'reads' if tile_reads else 'plain'}/{dtype_name(dtype)}/d{d_bucket(d, dv)}"
+def structure_class(strategy: str, score_kind: str, dtype: torch.dtype, d: int, dv: int) -> str:
+    """The shipped-defaults key: e.g. ``dense/plain/bfloat16/d128``. ``score_kind`` is
+    "plain" (qk * scale), "mod" (another score_mod) or "reads" (a tensor read per (query,
+    key) pair; CompiledAttention.score_kind). Neighborhood strategies are
+    ``neighborhood_dense`` (runs best on the dense kernel's tiles) or ``neighborhood_masked``
+    (select.py decides, as the heuristic does)."""
+    if score_kind not in SCORE_KINDS:
+        raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
+    return f"{strategy}/{score_kind}/{dtype_name(dtype)}/d{d_bucket(d, dv)}"
+
+
+SCORE_KINDS = ("plain", "mod", "reads")
 
 
 @functools.lru_cache(maxsize=32)

@@ -45,7 +45,7 @@ def select_config(attn, p, axes) -> tuple[KernelConfig, str]:
     if not _padded_dims_bug(p) and attn.ir.algorithm == "online_softmax":
         table = records.shipped_table(_device.gpu_family(gpu))
         if table:
-            cls = records.structure_class(strategy_class(attn, p, axes), attn._tile_reads, p.dtype, p.D, p.DV)
+            cls = records.structure_class(strategy_class(attn, p, axes), attn.score_kind, p.dtype, p.D, p.DV)
             found = table.get(cls)
             if found is not None:
                 return found, "shipped"

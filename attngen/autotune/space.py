@@ -3,7 +3,9 @@
 The grid is the forward kernel's: block_m, block_n in 16..128 (powers of two), num_warps 4
 or 8, num_stages 1-4; for neighborhood variants each (block_m, block_n) pair also gets the
 planner's best query/KV boxes (``runtime/neighborhood.py`` ``plan``, ranked by its cost:
-entries visited, partial tiles weighted by their mask code).
+entries visited, partial tiles weighted by their mask code). Kernels with the two-halves
+forward (dense and band masks) also get block_m 128 and 256 as two interleaved halves
+(``KernelConfig.halves``), whose estimates are those of the whole tile.
 
 Pruning rules (each one names why in ``Pruned.reason``):
 
@@ -39,6 +41,7 @@ from ..runtime.neighborhood import Axis, _boxes, _cost
 from .device import DeviceLimits
 
 BLOCKS = (16, 32, 64, 128)
+HALVES_BLOCK_M = (128, 256)  # two halves of 64 or 128 rows: the wgmma's natural heights
 WARPS = (4, 8)
 STAGES = (1, 2, 3, 4)
 REG_MARGIN = 0.8  # share of the 255 registers the two fp32 tiles may take
@@ -62,6 +65,7 @@ class SpaceShape:
     dtype: torch.dtype
     tile_reads: bool = False
     axes: tuple[Axis, ...] | None = None  # neighborhood variants
+    halves: bool = False  # the kernel has the two-halves forward
 
 
 def _pad(d: int) -> int:
@@ -120,6 +124,9 @@ def grid(s: SpaceShape, blocks=BLOCKS, warps=WARPS, stages=STAGES) -> list[Kerne
         boxes = neighborhood_boxes(s.axes, bm, bn) if s.axes is not None else [(None, None)]
         for (qb, kb), w, st in itertools.product(boxes, warps, stages):
             out.append(KernelConfig(bm, bn, w, st, qb, kb))
+    if s.halves:
+        for bm, bn, w, st in itertools.product(HALVES_BLOCK_M, blocks, warps, stages):
+            out.append(KernelConfig(bm, bn, w, st, halves=True))
     return out
 
 

@@ -154,7 +154,7 @@ def tune(attn, shape: TuneShape, device: torch.device | str = "cuda", *, budget_
             heuristic = smaller
 
     limits = _device.device_limits(device, gpu)
-    space = SpaceShape(shape.lq, shape.lkv, shape.d, dv, shape.dtype, attn._tile_reads, axes)
+    space = SpaceShape(shape.lq, shape.lkv, shape.d, dv, shape.dtype, attn._tile_reads, axes, attn._has_halves)
     grid_args = {k: v for k, v in (("blocks", blocks), ("warps", warps), ("stages", stages)) if v is not None}
     candidates, pruned = search_space(space, limits, heuristic, **grid_args)
 

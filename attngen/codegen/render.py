@@ -15,7 +15,7 @@ import sympy
 from .. import __version__
 from .._resources import template_dir
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SCORE, SM_SCALE
-from ..ir.kernel import BAND, TILES, KernelIR
+from ..ir.kernel import BAND, DENSE, TILES, KernelIR
 from ..ir.nodes import Sigmoid, Softmax
 from ..passes.normalization import CHUNKED_LINEAR, ONLINE_SOFTMAX
 from .printer import HostPrinter, TritonPrinter
@@ -172,6 +172,9 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["cls_tensors"] = [tensors[n] for n in _reads([e for _, e in cls_row + cls_tile] + [pred])]
     ctx["algorithm"] = ir.algorithm
     ctx["softmax"] = ir.algorithm == ONLINE_SOFTMAX
+    # softmax of the plain score qk * qk_scale: unmasked tiles take the row max of the raw
+    # products and fold the scale into exp2's argument (needs scale > 0, a launch constexpr)
+    ctx["plain_score"] = ctx["softmax"] and score == QK * QK_SCALE
     ctx["sink"] = isinstance(ir.norm, Softmax) and ir.norm.sink
     if ctx["sink"] and "sinks" not in {t.name for t in ctx["fwd_tensors"]}:
         ctx["fwd_tensors"].append(TensorArgs("sinks", 1))  # read once per row, after the KV loop
@@ -182,7 +185,10 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
     except NotImplementedError:
         pass  # a derivative the printer cannot emit: forward only (calls that need grads say so)
     ctx["helpers"] = sorted(printer.helpers)
-    ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~' 
+    ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~'
+    # Closed-form tile ranges (dense, bands) also get the kernel whose query tile is two
+    # interleaved halves (KernelConfig.halves); lists and boxes keep one kind of tile.
+    ctx["halves"] = ir.strategy in (DENSE, BAND) and not ctx["na_keep"]
     ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors")) or bool(
         ctx["bwd"] and ctx["bwd"]["tensors"])
     return ctx
@@ -262,6 +268,9 @@ def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, Te
     grad_tensors = sorted({g.tensor.name for g in grads})
     return {
         "score_code": printer.code(score),
+        # a score that varies along the tile is already a tile; only a constant one needs
+        # broadcasting (adding it to zeros would cost an add per score and block the FMA)
+        "score_is_tile": QK in score.free_symbols,
         "dscore_code": None if dscore == 1 else printer.code(dscore),
         "mask_code": printer.code(pred) if pred is not None else None,
         "tensors": [tensors[n] for n in sorted(read_names)],

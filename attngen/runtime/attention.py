@@ -7,6 +7,7 @@ import sympy
 import torch
 import triton
 
+from ..ir.expr import QK, QK_SCALE
 from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from .autograd import AttentionFunction, BackwardSetup
@@ -57,6 +58,8 @@ class CompiledAttention(CompiledKernel):
         self._tiles = TileCache()
         self._mask_tensors = _mask_tensor_names(ir)
         self._tile_reads = _reads_per_tile(ir)
+        self._score_mod = ir.score_log2 != QK * QK_SCALE  # more than the scaled product
+        self._has_halves = f"def {ir.name}_fwd_halves(" in self.source  # templates/attention_fwd.py.j2
         self._fitted: dict[tuple, tuple[KernelConfig, str]] = {}
         self.last_config: KernelConfig | None = None  # what the latest call launched with
         # where it came from: "explicit" (config=), "record" (user tuning record), "shipped"
@@ -182,7 +185,15 @@ class CompiledAttention(CompiledKernel):
             probe = Problem(1, 1, 1, Lq, Lkv, D, DV, dtype, device)
             return self._neighborhood_config(probe, resolve_spatial(self.variant.mask, spatial_shape, probe)[0])
         return choose_config(device, dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
-                             masked=self.ir.strategy != DENSE, sigmoid=self.ir.algorithm == "sigmoid")
+                             masked=self.ir.strategy != DENSE, sigmoid=self.ir.algorithm == "sigmoid",
+                             halves=self._has_halves, score_mod=self._score_mod,
+                             causal_like=self.ir.strategy == BAND and self.ir.band.lo is None)
+
+    @property
+    def score_kind(self) -> str:
+        """How the score is computed, as the shipped defaults' key names it: "reads" (a
+        tensor read per (query, key) pair), "mod" (another score_mod) or "plain" (qk * scale)."""
+        return "reads" if self._tile_reads else "mod" if self._score_mod else "plain"
 
     def neighborhood_prefers_dense(self, p: Problem, axes) -> bool:
         """Whether this grid runs with the dense kernel's tiles (else the masked ones)."""

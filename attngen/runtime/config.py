@@ -19,6 +19,10 @@ class KernelConfig:
     ``q_box`` / ``kv_box`` (neighborhood variants only): the query and KV tiles as boxes of
     the grid, three powers of two with products ``block_m`` / ``block_n``; None lets the
     planner choose (runtime/neighborhood.py ``plan``). The tuner sets them explicitly.
+
+    ``halves`` (dense and band masks only): run the forward kernel that splits each query
+    tile into two halves sharing every K/V load, whose matrix products and softmaxes
+    interleave (templates/attention_fwd.py.j2, ``_fwd_halves``); needs ``block_m >= 32``.
     """
 
     block_m: int
@@ -27,6 +31,7 @@ class KernelConfig:
     num_stages: int
     q_box: tuple[int, int, int] | None = None
     kv_box: tuple[int, int, int] | None = None
+    halves: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -36,6 +41,9 @@ class KernelConfig:
         if self.num_stages < 1 or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"KernelConfig: num_stages must be >= 1 and num_warps a power of two <= 16, "
                              f"got {self.num_stages} and {self.num_warps}")
+        if self.halves and (self.block_m < 32 or self.q_box is not None):
+            raise ValueError(f"KernelConfig.halves needs block_m >= 32 and no q_box, got block_m={self.block_m}, "
+                             f"q_box={self.q_box}")
         for name, block in (("q_box", self.block_m), ("kv_box", self.block_n)):
             box = getattr(self, name)
             if box is None:
@@ -48,20 +56,24 @@ class KernelConfig:
 
     def smaller(self) -> "KernelConfig | None":
         """The next configuration to try when this one does not fit (fewer stages, then
-        narrower KV tiles, then shorter query tiles); None when nothing smaller is left.
+        narrower KV tiles, then one tile instead of two halves, then shorter query tiles); None
+        when nothing smaller is left.
         Boxes survive a change of stages only: a narrower tile needs the planner's boxes."""
         if self.num_stages > 1:
             return KernelConfig(self.block_m, self.block_n, self.num_warps, self.num_stages - 1,
-                                self.q_box, self.kv_box)
+                                self.q_box, self.kv_box, self.halves)
         if self.block_n > 16:
-            return KernelConfig(self.block_m, self.block_n // 2, self.num_warps, 2)
+            return KernelConfig(self.block_m, self.block_n // 2, self.num_warps, 2, halves=self.halves)
+        if self.halves:
+            return KernelConfig(self.block_m // 2, self.block_n, self.num_warps, 2)
         if self.block_m > 16:
             return KernelConfig(self.block_m // 2, self.block_n, min(self.num_warps, 4), 2)
         return None
 
 
 def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq: int, lkv: int,
-                  tile_reads: bool = False, masked: bool = False, sigmoid: bool = False) -> KernelConfig:
+                  tile_reads: bool = False, masked: bool = False, sigmoid: bool = False, halves: bool = False,
+                  score_mod: bool = False, causal_like: bool = False) -> KernelConfig:
     """A good-enough configuration for this problem (no timing runs).
 
     ``tile_reads``: the score or mask reads a tensor per (query, key) pair, a
@@ -75,6 +87,14 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     causal D=128: 64x64, 4 warps 486 (128x128x8: 465); causal D=64: 64x64x4 370.
     ``sigmoid``: sigmoid attention, dense D=128: 128x64, 8 warps 1.98 ms (128x128x8: 2.11-2.17;
     results in benchmarks/NOTES.md, "Normalizations").
+    ``halves``: the kernel has the two-halves forward (dense and band masks). On the H100 at
+    64 < D <= 128 it wins unmasked and, for sigmoid, on causal-like (one-sided) bands
+    (``causal_like``): four interleaved rounds (NOTES.md, session 6), 256x64 halves, 8 warps,
+    4 stages against the earlier choice: dense softmax 544 vs 504 TFLOP/s, sigmoid 603 vs
+    528, causal sigmoid 525 vs 480; causal softmax 437 vs 438 and windows 0.78x (not taken).
+    ``score_mod``: the score is more than ``qk * scale``; unmasked, D=128, the smaller
+    64x64 tiles on 4 warps leave the score's code registers: tanh soft-capping 326 vs 267
+    TFLOP/s with 128x128 on 8 warps (four rounds, session 6).
     """
     if device.type != "cuda":
         bm = min(64, max(16, triton.next_power_of_2(lq)))
@@ -94,7 +114,12 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     if dmax > 128:
         return KernelConfig(64, 64, 4, 2)
     if major >= 9:
+        wide = 64 < dmax <= 128
+        if halves and wide and not score_mod and (not masked or (sigmoid and causal_like)):
+            return KernelConfig(256, 64, 8, 4, halves=True)
         if masked:
+            return KernelConfig(64, 64, 4, 3)
+        if score_mod and wide and not sigmoid:
             return KernelConfig(64, 64, 4, 3)
         if dmax <= 64 or sigmoid:
             return KernelConfig(128, 64, 8, 3)
