@@ -157,6 +157,9 @@ def d_bucket(d: int, dv: int) -> int:
     return max(16, pow2(max(d, dv)))
 
 
+SCORE_KINDS = ("plain", "mod", "reads")
+
+
 def structure_class(strategy: str, score_kind: str, dtype: torch.dtype, d: int, dv: int) -> str:
     """The shipped-defaults key: e.g. ``dense/plain/bfloat16/d128``. ``score_kind`` is
     "plain" (qk * scale), "mod" (another score_mod) or "reads" (a tensor read per (query,
@@ -167,8 +170,6 @@ def structure_class(strategy: str, score_kind: str, dtype: torch.dtype, d: int, 
         raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
     return f"{strategy}/{score_kind}/{dtype_name(dtype)}/d{d_bucket(d, dv)}"
 
-
-SCORE_KINDS = ("plain", "mod", "reads")
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from .expr import KV_IDX, Q_IDX
+from .expr import KV_IDX, Q_IDX, QK, QK_SCALE
 from .nodes import AndMask, Causal, Mask, Neighborhood, NotMask, OrMask, SlidingWindow, TensorParam, Variant
 from .text import _mask_to_text, _unique_mask_names, expr_to_text, norm_to_text
 
@@ -105,6 +105,16 @@ class KernelIR:
 
     def replace(self, **changes) -> "KernelIR":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def plain_score(self) -> bool:
+        """The score is the scaled product itself (``qk * qk_scale``), with no score_mod left."""
+        return self.score_log2 == QK * QK_SCALE
+
+    @property
+    def causal_like(self) -> bool:
+        """A band with no lower edge (causal, bottom-right causal): later rows see more keys."""
+        return self.strategy == BAND and self.band.lo is None
 
     def to_text(self) -> str:
         lines = [f"kernel {self.name}"]

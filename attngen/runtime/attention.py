@@ -7,8 +7,7 @@ import sympy
 import torch
 import triton
 
-from ..ir.expr import QK, QK_SCALE
-from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR
+from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from .autograd import AttentionFunction, BackwardSetup
 from .compiled import CompiledKernel, device_guard
@@ -58,7 +57,7 @@ class CompiledAttention(CompiledKernel):
         self._tiles = TileCache()
         self._mask_tensors = _mask_tensor_names(ir)
         self._tile_reads = _reads_per_tile(ir)
-        self._score_mod = ir.score_log2 != QK * QK_SCALE  # more than the scaled product
+        self._score_mod = not ir.plain_score
         self._has_halves = f"def {ir.name}_fwd_halves(" in self.source  # templates/attention_fwd.py.j2
         self._fitted: dict[tuple, tuple[KernelConfig, str]] = {}
         self.last_config: KernelConfig | None = None  # what the latest call launched with
@@ -170,7 +169,7 @@ class CompiledAttention(CompiledKernel):
         if self.ir.strategy == NEIGHBORHOOD:
             small_tiles = not self.neighborhood_prefers_dense(p, axes)
         else:
-            small_tiles = self.ir.strategy != DENSE and not (self.ir.strategy == BAND and self.ir.band.lo is None)
+            small_tiles = self.ir.strategy != DENSE and not self.ir.causal_like
         return BackwardSetup(module, sm_scale, bound, small_tiles, learnable, in_kernel, tiles_for,
                              tensor_grads_in_torch)
 
@@ -187,7 +186,7 @@ class CompiledAttention(CompiledKernel):
         return choose_config(device, dtype, D, DV, Lq, Lkv, tile_reads=self._tile_reads,
                              masked=self.ir.strategy != DENSE, sigmoid=self.ir.algorithm == "sigmoid",
                              halves=self._has_halves, score_mod=self._score_mod,
-                             causal_like=self.ir.strategy == BAND and self.ir.band.lo is None)
+                             causal_like=self.ir.causal_like)
 
     @property
     def score_kind(self) -> str:
