@@ -175,6 +175,8 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
     # softmax of the plain score qk * qk_scale: unmasked tiles take the row max of the raw
     # products and fold the scale into exp2's argument (needs scale > 0, a launch constexpr)
     ctx["plain_score"] = ctx["softmax"] and ir.plain_score
+    # sigmoid of the plain score: scale, bias and tanh's ln(2)/2 fold into one FMA per score
+    ctx["plain_sigmoid"] = isinstance(ir.norm, Sigmoid) and ir.plain_score
     ctx["sink"] = isinstance(ir.norm, Softmax) and ir.norm.sink
     if ctx["sink"] and "sinks" not in {t.name for t in ctx["fwd_tensors"]}:
         ctx["fwd_tensors"].append(TensorArgs("sinks", 1))  # read once per row, after the KV loop
