@@ -27,9 +27,9 @@ def softcap(score, b, h, q_idx, kv_idx):
 
 
 D128 = [C(256, 64, 8, 3, halves=True), C(256, 64, 8, 4, halves=True), C(256, 32, 8, 3, halves=True),
-        C(128, 128, 8, 3), C(64, 64, 4, 3)]
+        C(128, 128, 8, 3), C(128, 128, 8, 2), C(128, 64, 8, 3), C(64, 64, 4, 3)]
 D64 = [C(256, 64, 8, 3, halves=True), C(256, 128, 8, 2, halves=True), C(128, 64, 4, 3, halves=True),
-       C(256, 32, 8, 3, halves=True)]
+       C(256, 32, 8, 3, halves=True), C(128, 128, 8, 3), C(128, 64, 4, 3), C(64, 64, 4, 3), C(128, 64, 8, 4)]
 
 # name: (variant, B, H, L, D, density, extra tensors builder, candidate configs)
 CASES = {
