@@ -82,6 +82,19 @@ def test_random_variants_round_trip(cache_dir, tree, mask):
     _assert_same_kernel(fresh, stored)
 
 
+def test_overflowing_constant_round_trips(cache_dir):
+    """The draw hypothesis found: ``b < b`` folds, so the score is exp(12345.678), a sympy Float
+    beyond the double range; its text (and so the cache key) must read back (it prints oo)."""
+    tree = ("un", "exp", ("where", ("cmp", "<", ("var", "b"), ("var", "b")), ("var", "score"),
+                          ("const", 12345.678)))
+    v = vs.variant(score=vs.score_fn(tree))
+    try:
+        fresh, stored = _round_trip(v)
+    except ag.UnsupportedVariant:
+        return
+    _assert_same_kernel(fresh, stored)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other_key"])
 def test_broken_entries_are_ignored_and_replaced(cache_dir, damage):
     v = builtin(builtin_names()[0])

@@ -216,6 +216,12 @@ MALICIOUS = [
     "score s = score\nscore t = score",
     "score s = inf",
     "score s = 1e400",
+    "score s = nan",
+    "score s = zoo",
+    "score s = oo - oo",
+    "score s = score + 1/0",
+    "maskmod m = q_idx < log(0)\nmask = m",
+    "norm = sigmoid(bias=1e400)",
 ]
 
 
@@ -330,3 +336,73 @@ def test_round_trip_tautology_over_reads():
 
     v = ag.Variant(mask=ag.mask_mod(always) & ag.causal())
     _assert_round_trip(v)
+
+
+# ---- non-finite constants: sympy folds constants with an unbounded exponent, so a traced
+# score can hold a Float beyond the double range; it must print as oo, which the parser reads
+def exp_of_folded_constant(score, b, h, q_idx, kv_idx):
+    return torch.exp(torch.where(b < b, score, 12345.678))  # b < b folds: exp(12345.678)
+
+
+NON_FINITE = {
+    "exp_overflow": (exp_of_folded_constant, "score exp_of_folded_constant = oo"),
+    "product_overflow": (lambda score, b, h, q_idx, kv_idx: score * 1e308 * 10, "= oo*score"),
+    "negative_overflow": (lambda score, b, h, q_idx, kv_idx: torch.where(q_idx >= kv_idx, score,
+                                                                          -torch.exp(score * 0 + 800.0)),
+                          "(-oo, True)"),
+    "inf": (lambda score, b, h, q_idx, kv_idx: torch.where(q_idx >= kv_idx, score, float("inf")), "(oo, True)"),
+    "neg_inf": (lambda score, b, h, q_idx, kv_idx: torch.where(q_idx >= kv_idx, score, float("-inf")),
+                "(-oo, True)"),
+}
+
+
+@pytest.mark.parametrize("name", list(NON_FINITE))
+def test_round_trip_non_finite_score_constants(name):
+    fn, printed = NON_FINITE[name]
+    v = _assert_round_trip(ag.Variant(score=ag.score_mod(fn)))
+    assert printed in v.to_text()
+    assert "inf" not in v.to_text()  # one spelling: sympy's oo
+
+
+@pytest.mark.parametrize("pred", [
+    lambda b, h, q_idx, kv_idx: (kv_idx - q_idx) * 1e300 * 1e300 < 1.0,
+    lambda b, h, q_idx, kv_idx: (kv_idx - q_idx) * 0.5 > float("-inf"),
+    lambda b, h, q_idx, kv_idx: kv_idx * 1.5 < torch.exp(torch.where(b < b, q_idx * 1.0, 12345.678)) + q_idx,
+])
+def test_round_trip_non_finite_mask_constants(pred):
+    _assert_round_trip(ag.Variant(mask=ag.mask_mod(pred) & ag.causal()))
+
+
+@pytest.mark.parametrize("body, printed", [("score + 1e300*1e300", "oo"), ("exp(12345.678)*score", "oo*score"),
+                                           ("-exp(1000.0)", "-oo"), ("score + -oo", "-oo")])
+def test_parsed_overflow_prints_canonically(body, printed):
+    """Finite literals that fold past the double range read as oo, so printing is a fixed point."""
+    v = ag.loads(f"attngen 1\nscore s = {body}\n")
+    assert v.to_text() == f"attngen 1\nscore s = {printed}\nnorm = softmax()\n"
+    _assert_round_trip(v)
+
+
+@pytest.mark.parametrize("fn, what", [
+    (lambda score, b, h, q_idx, kv_idx: score + float("inf") - float("inf"), "NaN"),
+    (lambda score, b, h, q_idx, kv_idx: score * 0 * float("inf"), "NaN"),
+    (lambda score, b, h, q_idx, kv_idx: score + 1 / torch.where(b < b, score, 0.0), "unknown sign"),
+    (lambda score, b, h, q_idx, kv_idx: torch.log(torch.where(b < b, score, 0.0)), "unknown sign"),
+])
+def test_undefined_scores_are_refused_when_traced(fn, what):
+    """A score that folds to NaN or to sympy's unsigned infinity is a bug in the function: the
+    tracer names it, instead of the text parser failing on 'nan' or 'zoo' later."""
+    with pytest.raises(ag.TraceError, match=rf"score_mod 'undefined'.*{what}"):
+        ag.score_mod(fn, name="undefined")
+
+
+def test_undefined_mask_is_refused_when_traced():
+    # sympy itself refuses to order against zoo; the TraceError still names the function
+    with pytest.raises(ag.TraceError, match=r"mask_mod 'undefined'.*zoo"):
+        ag.mask_mod(lambda b, h, q_idx, kv_idx: q_idx * 1.0 < 1 / torch.where(b < b, q_idx * 1.0, 0.0),
+                    name="undefined")
+
+
+def test_non_finite_sigmoid_bias_is_refused():
+    for bias in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite"):
+            ag.sigmoid(bias=bias)

@@ -191,8 +191,9 @@ def bool_exprs(ints, floats=None, max_leaves: int = 4):
 
 
 # Float constants a score_mod plausibly contains. (sympy folds constants with unbounded
-# exponents, so e.g. exp2 of 1e3 or a product of 1e-200s leaves the double range, which the
-# text format cannot express; that is not something users write.)
+# exponents, so e.g. exp2 of 1e3 or a product of 1e-200s leaves the double range; the text
+# prints such a constant as oo, but folding it further can give NaN, which the tracer refuses.
+# That is not something users write; test_text has explicit cases.)
 FLOAT_CONSTANTS = st.one_of(
     st.floats(-8, 8, allow_nan=False, width=64),
     st.sampled_from([0.1, 1 / 3, -2.5e-3, 1e-6, 12345.678, 0.5, 2.0, 1.4426950408889634]),

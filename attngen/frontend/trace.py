@@ -16,7 +16,8 @@ from typing import Any, Callable
 import sympy
 import torch
 
-from ..ir.expr import B, FloorDiv, is_boolean, piecewise, reads_tensor, H, KV_IDX, Q_IDX, SCORE, check_tensor_name, tensor_read
+from ..ir.expr import (B, FloorDiv, is_boolean, piecewise, reads_tensor, H, KV_IDX, Q_IDX, SCORE, check_tensor_name,
+                       tensor_read, undefined_value)
 from ..ir.nodes import Mask, MaskMod, ScoreMod
 
 
@@ -332,14 +333,29 @@ def _trace(fn: Callable, kind: str, fixed: tuple[sympy.Symbol, ...], name: str |
         raise
     except Exception as exc:  # the user's code failed on stand-ins: say where
         raise TraceError(f"{kind} '{name}' failed while tracing: {type(exc).__name__}: {exc}") from exc
-    return _to_sympy(result, ctx, "return value"), ctx, name
+    expr = _to_sympy(result, ctx, "return value")
+    _check_defined(expr, ctx)
+    return expr, ctx, name
 
 
-def _canonical(expr: sympy.Basic, fixed: tuple[sympy.Symbol, ...]) -> sympy.Basic:
-    from ..ir.text import canonical_expr
+def _check_defined(expr: sympy.Basic, ctx: _Context) -> None:
+    """Refuse a result that sympy folded to NaN, an unsigned infinity or a range: it is a bug
+    in the user's function, and naming the function here beats a text-parser error later."""
+    problem = undefined_value(expr)
+    if problem is not None:
+        raise ctx.fail(f"the result contains {problem}: {expr}")
+
+
+def _canonical(expr: sympy.Basic, fixed: tuple[sympy.Symbol, ...], kind: str, name: str) -> sympy.Basic:
+    from ..ir.text import IRSyntaxError, canonical_expr
 
     arities = {str(r.base.label): len(r.indices) for r in expr.atoms(sympy.Indexed)}
-    return canonical_expr(expr, arities, {s.name for s in fixed})
+    try:
+        return canonical_expr(expr, arities, {s.name for s in fixed})
+    except IRSyntaxError as exc:
+        # reading the text back can fold further (a Float past the double range becomes oo,
+        # and oo - oo is NaN); that is still the user's function, so name it
+        raise TraceError(f"{kind} '{name}': {str(exc).removeprefix('<traced>: ')}") from None
 
 
 def trace_score_mod(fn: Callable, name: str | None = None) -> ScoreMod:
@@ -348,7 +364,7 @@ def trace_score_mod(fn: Callable, name: str | None = None) -> ScoreMod:
     expr, ctx, name = _trace(fn, "score_mod", fixed, name)
     if is_boolean(expr):
         raise TraceError(f"score_mod '{name}' returns a boolean ({expr}); did you mean @ag.mask_mod?")
-    expr = _canonical(expr, fixed)
+    expr = _canonical(expr, fixed, "score_mod", name)
     return ScoreMod.build(expr, name, {k: t for k, t in ctx.captured.items() if reads_tensor(expr, k)}, fn)
 
 
@@ -358,7 +374,7 @@ def trace_mask_mod(fn: Callable, name: str | None = None) -> MaskMod:
     pred, ctx, name = _trace(fn, "mask_mod", fixed, name)
     if not is_boolean(pred):
         raise TraceError(f"mask_mod '{name}' must return a boolean (a comparison), got {pred}")
-    pred = _canonical(pred, fixed)
+    pred = _canonical(pred, fixed, "mask_mod", name)
     return MaskMod.build(pred, name, {k: t for k, t in ctx.captured.items() if reads_tensor(pred, k)}, fn)
 
 

@@ -152,6 +152,24 @@ def depends_on(expr: sympy.Basic, *symbols: sympy.Symbol) -> bool:
     return any(s in free for s in symbols)
 
 
+def undefined_value(expr: sympy.Basic) -> str | None:
+    """Why ``expr`` has no value a kernel could compute, or None if it has one.
+
+    Folding constants in sympy can produce NaN (``oo - oo``, ``0*oo``), the unsigned
+    infinity ``zoo`` (``1/0``, ``log(0)``) and ranges (``sin(oo)`` is ``AccumBounds(-1, 1)``).
+    None is a score or a mask anyone means (torch would give NaN or an infinity whose sign
+    sympy has lost), and none has a text form, so the tracer and the parser refuse them up
+    front instead of failing later.
+    """
+    if expr.has(sympy.S.NaN):
+        return "NaN (e.g. inf - inf or 0 * inf among constants)"
+    if expr.has(sympy.S.ComplexInfinity):
+        return "an infinity of unknown sign (e.g. 1/0 or log(0) of a constant)"
+    if expr.atoms(sympy.AccumBounds):
+        return "a range instead of a value (e.g. sin or cos of an infinity, NaN in torch)"
+    return None
+
+
 def can_be_neg_inf(expr: sympy.Basic) -> bool:
     """Conservatively, whether ``expr`` may evaluate to -inf (it contains -oo)."""
     return expr.has(sympy.S.NegativeInfinity) or expr.has(sympy.S.ComplexInfinity)

@@ -9,6 +9,7 @@ captured tensors compare by identity (the tensor object is read at every call).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -302,6 +303,11 @@ class Sigmoid:
     """``sigmoid(s + bias)``, no row normalization; bias None means ``-ln(Lkv)``."""
 
     bias: float | None = None
+
+    def __post_init__(self) -> None:
+        # a non-finite bias saturates every weight, and the text form has no spelling for it
+        if self.bias is not None and not math.isfinite(self.bias):
+            raise ValueError(f"sigmoid: bias must be a finite number, got {self.bias!r}")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ Format (one statement per line, ``#`` starts a comment)::
     norm = softmax()
 
 Expressions use sympy's printed syntax (``Abs``, ``Eq``, ``Piecewise``, ``Min``,
-``FloorDiv``, ``Mod``, ...), with floats printed so that they read back bit-exactly. The parser
-walks Python's ``ast`` with a whitelist and builds sympy nodes directly: it never evaluates
-the text.
+``FloorDiv``, ``Mod``, ...), with floats printed so that they read back bit-exactly. Infinities
+are sympy's ``oo`` and ``-oo`` (also for folded constants past the double range); NaN has no
+spelling, and expressions that fold to it are refused. The parser walks Python's ``ast`` with
+a whitelist and builds sympy nodes directly: it never evaluates the text.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Callable
 import sympy
 from sympy.printing.str import StrPrinter
 
-from .expr import SYMBOLS, FloorDiv, is_boolean, piecewise, tensor_read
+from .expr import SYMBOLS, FloorDiv, is_boolean, piecewise, tensor_read, undefined_value
 from .nodes import (CAPTURED, AndMask, Causal, Document, Neighborhood, Linear, Mask, MaskMod, NotMask, OrMask, ScoreMod,
                     Sigmoid, SlidingWindow, Softmax, TensorParam, Variant)
 
@@ -44,7 +45,18 @@ class _Printer(StrPrinter):
     """sympy's str printer with floats printed so that they read back exactly."""
 
     def _print_Float(self, expr: sympy.Float) -> str:
-        return repr(float(expr))
+        value = float(expr)
+        if math.isinf(value):
+            return _print_infinity(value)
+        return repr(value)
+
+
+def _print_infinity(value: float) -> str:
+    """sympy Floats have an unbounded exponent, so folded constants such as ``exp(12345.678)``
+    or ``1e300 * 1e300`` can leave the double range; every kernel computes them as +-inf.
+    They print as sympy's own infinity, ``oo`` / ``-oo``: the one spelling the parser reads,
+    and the one that ``float("inf")`` in a score_mod already traces to."""
+    return "oo" if value > 0 else "-oo"
 
 
 _PRINTER = _Printer({"order": "lex"})
@@ -140,7 +152,15 @@ _FUNCS: dict[str, tuple[Callable, int | None]] = {
     "FloorDiv": (FloorDiv, 2), "Xor": (sympy.Xor, None),
 }
 _CONSTANTS = {"oo": sympy.oo, "True": sympy.true, "False": sympy.false, "pi": sympy.pi, "E": sympy.E}
+# Spellings of non-finite values that other printers use; the hint names the IR's own.
+_NOT_CONSTANTS = {"inf": "infinities are written oo and -oo", "Infinity": "infinities are written oo and -oo",
+                  "nan": "a NaN score or mask is not allowed", "zoo": "an infinity needs a sign: oo or -oo"}
 _MASK_CALLS = {"causal", "sliding_window", "document", "neighborhood"}
+
+
+def _leaves_double_range(expr: sympy.Basic) -> bool:
+    """Whether a sympy Float in ``expr`` is beyond what a double holds (it prints as oo)."""
+    return any(math.isinf(float(f)) for f in expr.atoms(sympy.Float))
 
 
 class _ExprParser:
@@ -152,12 +172,24 @@ class _ExprParser:
     def fail(self, msg: str) -> IRSyntaxError:
         return IRSyntaxError(f"{self.where}: {msg}")
 
-    def parse(self, text: str) -> sympy.Basic:
+    def parse(self, text: str, rereads: int = 2) -> sympy.Basic:
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as exc:
             raise self.fail(f"invalid expression ({exc.msg})") from None
-        return self.visit(tree.body)
+        expr = self.visit(tree.body)
+        if _leaves_double_range(expr):
+            # finite literals folded past the double range (1e300*1e300) print as oo; reading
+            # that form back keeps parse(print(e)) == e for every parsed e
+            if rereads == 0:
+                raise self.fail("a constant leaves the double range")
+            return self.parse(expr_to_text(expr), rereads - 1)
+        # sympy folds ``oo - oo`` or ``1/0`` while building; such a value would print as
+        # ``nan`` / ``zoo``, which no text reads back
+        problem = undefined_value(expr)
+        if problem is not None:
+            raise self.fail(f"the expression evaluates to {problem}")
+        return expr
 
     def visit(self, node: ast.AST) -> sympy.Basic:
         method = getattr(self, "visit_" + type(node).__name__, None)
@@ -182,6 +214,8 @@ class _ExprParser:
             return SYMBOLS[node.id]
         if node.id in self.tensors:
             raise self.fail(f"tensor '{node.id}' must be indexed")
+        if node.id in _NOT_CONSTANTS:
+            raise self.fail(f"'{node.id}' is not an IR constant; {_NOT_CONSTANTS[node.id]}")
         allowed = ", ".join(sorted(self.symbols))
         raise self.fail(f"unknown name '{node.id}' (allowed here: {allowed} and declared tensors)")
 
@@ -216,7 +250,11 @@ class _ExprParser:
         cmp = self._CMPS.get(type(node.ops[0]))
         if cmp is None:
             raise self.fail(f"comparison in '{ast.unparse(node)}' is not supported")
-        return cmp(self.visit(node.left), self.visit(node.comparators[0]))
+        left, right = self.visit(node.left), self.visit(node.comparators[0])
+        try:
+            return cmp(left, right)
+        except TypeError as exc:  # sympy refuses to order NaN or zoo (e.g. q_idx < log(0))
+            raise self.fail(f"comparison '{ast.unparse(node)}' is invalid ({exc})") from None
 
     def visit_Subscript(self, node: ast.Subscript) -> sympy.Basic:
         if not isinstance(node.value, ast.Name) or node.value.id not in self.tensors:
