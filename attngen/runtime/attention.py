@@ -165,11 +165,18 @@ class CompiledAttention(CompiledKernel):
                                       spatial_shape)
 
         # mostly whole tiles take the large backward tiles: dense, one-sided (causal-like) bands,
-        # and neighborhoods whose forward takes the dense kernel's tiles (wide windows)
+        # neighborhoods whose forward takes the dense kernel's tiles (wide windows) and tile
+        # lists that the forward found to be runs of mostly full tiles (packed documents)
         if self.ir.strategy == NEIGHBORHOOD:
-            small_tiles = not self.neighborhood_prefers_dense(p, axes)
+            small = not self.neighborhood_prefers_dense(p, axes)
         else:
-            small_tiles = self.ir.strategy != DENSE and not self.ir.causal_like
+            small = self.ir.strategy != DENSE and not self.ir.causal_like
+
+        def small_tiles(forward_config: KernelConfig) -> bool:
+            if self.ir.strategy == TILES:  # the forward's classification, cached by now
+                return not self.tile_lists(p, bound, forward_config, axes).mostly_full_runs
+            return small
+
         return BackwardSetup(module, sm_scale, bound, small_tiles, learnable, in_kernel, tiles_for,
                              tensor_grads_in_torch)
 

@@ -52,7 +52,9 @@ class BackwardSetup:
     module: object
     sm_scale: float
     tensors: dict[str, torch.Tensor]
-    small_tiles: bool  # the backward takes the small tiles (two-sided bands, tile lists, 2-D/3-D neighborhoods)
+    # whether the backward takes the small tiles (two-sided bands, tile lists other than
+    # mostly-full runs, 2-D/3-D neighborhoods), given the forward's launch config
+    small_tiles: Callable[[KernelConfig], bool]
     learnable: tuple[str, ...]
     kernel_grads: frozenset[str]  # learnable tensors whose gradients the kernels accumulate
     tiles_for: Callable
@@ -76,7 +78,7 @@ class AttentionFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        config = backward_config(q.device, ctx.config, setup.small_tiles)
+        config = backward_config(q.device, ctx.config, setup.small_tiles(ctx.config))
         while True:
             buffers = {n: torch.zeros(setup.tensors[n].shape, dtype=torch.float32, device=q.device)
                        for n in setup.kernel_grads}

@@ -4,6 +4,14 @@ The lists are (Bm, Hm, query tiles, KV tiles) int32 index arrays plus per-query-
 counts, one pair for full tiles and one for partial tiles; Bm and Hm are 1 unless the
 mask reads b or h. That is O(L^2 / (BLOCK_M * BLOCK_N)) memory, never O(L^2).
 
+Where every row of the lists is contiguous (partial tiles, then full ones, then partial
+ones, with no gap: packed documents, prefix-LM, windows within documents), the kernels walk
+each row's run bounds as loop ranges instead of the lists (``TileLists.runs``). On the H100 a
+tile index loaded inside the loop keeps Triton's software pipeline from prefetching K and
+V: packed documents ran 310 TFLOP/s forward through the lists and 374 through the ranges
+(benchmarks/NOTES.md, session 8). Whether the rows are contiguous is read back to the host
+once per classification.
+
 A classification is reused while the shape, tile sizes and every tensor it reads are the
 same objects at the same version: ``tensor._version`` changes on each in-place write, so
 ``doc_ids.fill_(0)`` invalidates it.
@@ -25,6 +33,11 @@ class TileLists:
     partial_count: torch.Tensor
     partial_index: torch.Tensor
     axes: tuple | None = None  # the neighborhood's axes when the mask tests one element-wise
+    # (Bm, Hm, rows, 4) int32 [lo, full_lo, full_hi, hi) tile bounds per row when every row is
+    # contiguous (see the module's docstring), else None; set by ``find_runs``, with the share
+    # of partial tiles among the visited ones
+    runs: torch.Tensor | None = None
+    partial_share: float = 1.0
     _transposed: "TileLists | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -43,6 +56,37 @@ class TileLists:
         return (self.full_count, self.full_index, self.partial_count, self.partial_index,
                 c.stride(0), c.stride(1), i.stride(0), i.stride(1), i.stride(2))
 
+    def run_args(self) -> tuple:
+        """The attention kernels' ``tile_runs, TILE_RUNS``: the run bounds (indexed like the
+        counts, times 4) and whether to walk them; without runs the pointer is never read."""
+        return (self.full_count, False) if self.runs is None else (self.runs, True)
+
+    def kinds(self) -> torch.Tensor:
+        """The classification as a (Bm, Hm, rows, columns) int8 matrix: 0 empty, 1 partial, 2 full."""
+        bm, hm, rows, cols = self.full_index.shape
+        slots = torch.arange(cols, device=self.full_index.device)
+        kind = torch.zeros((bm, hm, rows, cols + 1), dtype=torch.int8, device=self.full_index.device)
+        for count, index, code in ((self.partial_count, self.partial_index, 1), (self.full_count, self.full_index, 2)):
+            listed = slots < count[..., None]  # entries past the count are unset memory
+            kind.scatter_(3, torch.where(listed, index, cols).long(), code)
+        return kind[..., :cols]
+
+    def find_runs(self, kind: torch.Tensor | None = None) -> "TileLists":
+        """Set ``runs`` when every row's tiles are contiguous (one host sync); returns self.
+        While a CUDA graph is being captured no sync is allowed: the lists are walked."""
+        capturing = self.full_index.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing:
+            self.runs, self.partial_share = contiguous_runs(self.kinds() if kind is None else kind)
+        return self
+
+    @property
+    def mostly_full_runs(self) -> bool:
+        """Runs of which at most a quarter of the tiles are partial (packed documents longer
+        than a few tiles): the backward takes the large tiles for these, as for causal masks
+        (H100, 4 documents x 2048: fwd+bwd 292-295 TFLOP/s against 277-282 with the small
+        tiles; benchmarks/NOTES.md, session 8)."""
+        return self.runs is not None and self.partial_share <= 0.25
+
     def geometry(self) -> dict[str, object]:
         """The neighborhood's grid and geometry, as the kernels' keyword arguments."""
         out: dict[str, object] = {}
@@ -55,14 +99,7 @@ class TileLists:
         """The same classification listed per KV tile: (Bm, Hm, KV tiles, query tiles), for
         the backward's dK/dV pass. Computed once per classification, on its device."""
         if self._transposed is None:
-            bm, hm, num_m, num_n = self.full_index.shape
-            slots = torch.arange(num_n, device=self.full_index.device)
-            kind = torch.zeros((bm, hm, num_m, num_n + 1), dtype=torch.int8, device=self.full_index.device)
-            for count, index, code in ((self.partial_count, self.partial_index, 1),
-                                       (self.full_count, self.full_index, 2)):
-                listed = slots < count[..., None]  # entries past the count are unset memory
-                kind.scatter_(3, torch.where(listed, index, num_n).long(), code)
-            kind = kind[..., :num_n].transpose(2, 3)
+            kind = self.kinds().transpose(2, 3)
 
             def lists(code):
                 hit = kind == code
@@ -71,12 +108,46 @@ class TileLists:
                 return hit.sum(-1, dtype=torch.int32).contiguous(), order.to(torch.int32).contiguous()
 
             (fc, fi), (pc, pi) = lists(2), lists(1)
-            self._transposed = TileLists(fc, fi, pc, pi, self.axes)
+            self._transposed = TileLists(fc, fi, pc, pi, self.axes).find_runs(kind)
         return self._transposed
 
     def visited(self) -> tuple[int, int]:
         """(full tiles, partial tiles) summed over every query tile."""
         return int(self.full_count.sum()), int(self.partial_count.sum())
+
+
+def contiguous_runs(kind: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+    """Per row of a (..., rows, columns) classification (0 empty, 1 partial, 2 full), the
+    bounds [lo, full_lo, full_hi, hi) of its visited columns and of its full columns, as a
+    (..., rows, 4) int32 tensor, when every row's visited columns are one run and its full
+    columns one run inside it (so [lo, full_lo) and [full_hi, hi) hold only partial tiles);
+    None otherwise. A row without full tiles has full_lo = full_hi = hi; an empty row is all
+    zeros. Second: the share of partial tiles among the visited ones (1.0 when none is)."""
+    cols = kind.shape[-1]
+
+    def run(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # argmax gives the first maximum: the first hit from either end (0 on a row without
+        # any, which the callers mask by the count); no (rows x columns) temporaries wider
+        # than a byte
+        hit = hit.to(torch.uint8)
+        first = hit.argmax(-1)
+        end = cols - hit.flip(-1).argmax(-1)
+        count = hit.sum(-1, dtype=torch.int32)
+        return first, end, count
+
+    lo, hi, visited = run(kind > 0)
+    full_lo, full_hi, full = run(kind == 2)
+    one_run = ((hi - lo == visited) | (visited == 0)) & ((full_hi - full_lo == full) | (full == 0))
+    # the host sync, once per classification
+    all_runs, n_visited, n_full = torch.stack((one_run.all().long(), visited.sum(), full.sum())).tolist()
+    share = 1.0 - n_full / n_visited if n_visited else 1.0
+    if not all_runs:
+        return None, share
+    lo = torch.where(visited > 0, lo, 0)
+    hi = torch.where(visited > 0, hi, 0)
+    full_lo = torch.where(full > 0, full_lo, hi)
+    full_hi = torch.where(full > 0, full_hi, hi)
+    return torch.stack((lo, full_lo, full_hi, hi), dim=-1).to(torch.int32).contiguous(), share
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:
@@ -105,6 +176,7 @@ class TileCache:
         tiles = TileLists.empty(bm, hm, triton.cdiv(Lq, config.block_m), triton.cdiv(Lkv, config.block_n), device)
         tiles.axes = axes
         module.launch_classify_tiles(tiles, tensors, Lq, Lkv, config)
+        tiles.find_runs()
         self.builds += 1
         refs = [(n, weakref.ref(t)) for n, t in sorted(tensors.items())]
         self._entries[key] = (refs, tiles)

@@ -1,6 +1,6 @@
 """Document masks (tile lists): forward configs and backward tile sizes, against Flex.
 
-    PYTHONPATH=. python benchmarks/experiments/ab_documents.py
+    PYTHONPATH=.:benchmarks python benchmarks/experiments/ab_documents.py [DOCS ...]   (default 4 16 64)
 
 H100, bf16, B=2 H=16 L=8192 D=128, causal packed documents of equal length. The backward of
 tile-list masks takes the small tiles (64/32, 4 warps); causal-like bands take the large
@@ -8,6 +8,8 @@ ones (128/64, 8 warps). Packed documents are causal-like inside each document, s
 tiles might pay when documents are long; this times both (interleaved rounds), the forward's
 configs, and Flex on the same inputs.
 """
+import sys
+
 import torch
 import triton
 
@@ -29,7 +31,7 @@ def forced_tiles(small: bool | None):
 def main() -> None:
     flex = compiled_flex()
     attn = ag.compile(ag.Variant(mask=ag.document() & ag.causal()))
-    for docs in (4, 16, 64):
+    for docs in [int(a) for a in sys.argv[1:]] or (4, 16, 64):
         n = L // docs
         doc = (torch.arange(L, device="cuda") // n).expand(B, L).contiguous()
         q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))

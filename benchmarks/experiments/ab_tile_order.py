@@ -1,0 +1,113 @@
+"""Experiment: what is left between packed documents walked as runs and causal attention on the
+same work, in the forward?
+
+    PYTHONPATH=.:benchmarks python benchmarks/experiments/ab_tile_order.py [--rounds N]
+
+After the runs change, packed causal documents (B=2 H=16 L=8192 D=128, 4 x 2048) ran 346-360
+TFLOP/s forward against 379-385 for causal attention on B=8 sequences of 2048 (the band kernel,
+same 64x64 tiles). Two differences remain, each tried here as a text rewrite of the generated
+forward (the module is otherwise the generated one):
+  reversed   programs in reverse order, as the band kernel runs causal-like masks (the last
+             query tiles of a band see the most keys, so they start first)
+  longest    programs in order of decreasing run length (longest-processing-time first): a
+             permutation computed on the host from the runs, read by each program at its start
+  two_loops  the band kernel's loop shape: full tiles, then the partial ones after them (valid
+             for causal documents, whose runs have no partial tile before the full ones)
+Interleaved rounds, forward only, against the generated kernel and the causal equivalent.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+
+import attngen as ag
+
+B, H, D, DOCS, DOC_LEN = 2, 16, 128, 4, 2048
+PID = "    pid_m = tl.program_id(0)\n"
+FIRST_LOOP = "        for start_n in range(tl.load(runs) * BLOCK_N, full_lo, BLOCK_N):\n"
+
+
+def forward_slice(source: str, name: str) -> tuple[int, int]:
+    start = source.index(f"def {name}_fwd(")
+    return start, source.index("@triton.jit", start)
+
+
+def rewrite(source: str, name: str, kind: str) -> str:
+    start, end = forward_slice(source, name)
+    body = source[start:end]
+    assert body.count(PID) == 1 and body.count(FIRST_LOOP) == 1, "generated forward changed: update the experiment"
+    if kind == "reversed":
+        body = body.replace(PID, "    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)\n")
+    elif kind == "longest":
+        # the order lies in partial_index[b, h, 0, :] (the runs walk never reads the lists)
+        body = body.replace(PID, "    pid_m = tl.load(partial_index + (tl.program_id(1) // HQ) * stride_ib"
+                                 " + tl.program_id(0))\n")
+    elif kind == "two_loops":
+        # drop the (empty, for causal documents) loop over partial tiles before the full ones
+        i = body.index(FIRST_LOOP)
+        j = body.index("        for start_n in range(full_lo, full_hi, BLOCK_N):\n")
+        body = body[:i] + body[j:]
+    return source[:start] + body + source[end:]
+
+
+def load(source: str, folder: Path, tag: str):
+    path = folder / f"order_{tag}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"order_{tag}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
+    L = DOCS * DOC_LEN
+    flops = 4.0 * B * H * D * DOCS * DOC_LEN * (DOC_LEN + 1) / 2
+    doc = (torch.arange(L, device="cuda") // DOC_LEN).expand(B, L).contiguous()
+    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    qc, kc, vc = (torch.randn(8, H, DOC_LEN, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    folder = Path(tempfile.mkdtemp())
+    mask = ag.document() & ag.causal()
+    variants = {}
+    for kind in ("generated", "reversed", "longest", "two_loops"):
+        attn = ag.compile(ag.Variant(mask=mask, name=f"docs_{kind}"))
+        if kind != "generated":
+            attn._module = load(rewrite(attn.source, attn.ir.name, kind), folder, kind)
+        variants[kind] = attn
+    causal = ag.compile(ag.Variant(mask=ag.causal()))
+    with torch.no_grad():
+        ref = variants["generated"](q, k, v, document_ids=doc).float()
+        for kind, attn in variants.items():
+            attn(q, k, v, document_ids=doc)
+            (_, lists), = attn._tiles._entries.values()
+            assert lists.runs is not None
+            if kind == "longest":
+                runs = lists.runs  # (B, 1, rows, 4)
+                length = runs[..., 3] - runs[..., 0]
+                order = torch.sort(length, dim=-1, descending=True, stable=True).indices.to(torch.int32)
+                rows = order.shape[-1]
+                assert lists.partial_index.shape[-1] >= rows
+                lists.partial_index[:, :, 0, :rows] = order
+            err = ((attn(q, k, v, document_ids=doc).float() - ref).norm() / ref.norm()).item()
+            print(f"{kind}: rel err vs generated {err:.2e}", flush=True)
+        cases = {f"docs {kind}": (lambda a=attn: a(q, k, v, document_ids=doc)) for kind, attn in variants.items()}
+        cases["causal B=8 L=2048"] = lambda: causal(qc, kc, vc)
+        rates = {name: [] for name in cases}
+        for _ in range(args.rounds):
+            for name, fn in cases.items():
+                rates[name].append(flops / triton.testing.do_bench(fn, warmup=25, rep=200) / 1e9)
+    for name, r in rates.items():
+        med = sorted(r)[len(r) // 2]
+        print(f"{name:24s}: " + " ".join(f"{x:5.0f}" for x in r) + f"  TFLOP/s (median {med:.0f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
