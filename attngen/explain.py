@@ -110,8 +110,11 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
 
 # --------------------------------------------------------------------------- neighborhoods
 # default tiles, as the runtime picks them on an H100 in bf16 with D=128: the dense kernel's
-# 128 x 128 where the geometry prefers them (runtime/neighborhood.py), else 64 x 64
+# 128 x 128 where the geometry prefers them (runtime/neighborhood.py), else 64 x 64; block-sparse
+# geometry that stays so with 256-row query boxes takes those, as two halves of 128 rows, with
+# 64-key boxes (CompiledAttention.neighborhood_class)
 NA_DENSE_BLOCK, NA_BLOCK = 128, 64
+NA_HALVES_BLOCKS = (256, 64)
 EXACT_LIMIT = 1 << 28  # (batch x heads x L x window) pairs evaluated for the other masks of a `&`
 
 
@@ -324,8 +327,9 @@ def explain_neighborhood(variant: Variant, spatial_shape: int | tuple[int, ...],
     plan the runtime uses (no mask of any size is built for the neighborhood itself).
 
     ``block_m``/``block_n`` default to the boxes' products, else to what the runtime picks
-    on an H100 in bf16 with D=128 (128 x 128 for 1-D windows and long block-sparse ones,
-    64 x 64 for other windows); the planner then picks the boxes unless
+    on an H100 in bf16 with D=128 (128 x 128 for 1-D windows, 256 x 64 for long block-sparse
+    ones without a score_mod or other masks, 64 x 64 for other windows); the planner then
+    picks the boxes unless
     ``q_box``/``kv_box`` (one power of two per axis) are given. Masks ``&``-ed with the
     neighborhood are evaluated element-wise inside its windows (runtime tensors
     synthesized) when batch x heads x L x window pairs <= ``exact_limit``, else left out.
@@ -346,16 +350,19 @@ def explain_neighborhood(variant: Variant, spatial_shape: int | tuple[int, ...],
         if user is not None and len(box if isinstance(box, (tuple, list)) else (box,)) not in (len(spatial_shape), RANK):
             raise ValueError(f"explain: {name} {tuple(box)!r} has {len(box)} entries but spatial_shape "
                              f"{spatial_shape} has {len(spatial_shape)} axes")
-    default = NA_BLOCK
+    default_m = default_n = NA_BLOCK
     if block_m is None and block_n is None and qb is None and kb is None and all(s >= 1 for s in spatial_shape):
         try:
             grid = resolve_axes(na, spatial_shape, math.prod(spatial_shape))
         except ValueError:
             pass  # reported below, naming the axis
         else:
-            default = NA_DENSE_BLOCK if prefers_dense_tiles(grid, NA_DENSE_BLOCK, NA_DENSE_BLOCK) else NA_BLOCK
-    block_m = block_m if block_m is not None else (math.prod(qb) if qb else default)
-    block_n = block_n if block_n is not None else (math.prod(kb) if kb else default)
+            if prefers_dense_tiles(grid, NA_DENSE_BLOCK, NA_DENSE_BLOCK):
+                default_m = default_n = NA_DENSE_BLOCK
+                if not others and variant.score is None and not plan(grid, *NA_HALVES_BLOCKS).has_partial:
+                    default_m, default_n = NA_HALVES_BLOCKS
+    block_m = block_m if block_m is not None else (math.prod(qb) if qb else default_m)
+    block_n = block_n if block_n is not None else (math.prod(kb) if kb else default_n)
     for name, val in (("block_m", block_m), ("block_n", block_n), ("batch", batch), ("heads", heads)):
         if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
             raise ValueError(f"explain: {name} must be a positive int, got {val!r}")

@@ -4,6 +4,7 @@ end to end, and that a call without records never times anything. CPU only, fast
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from unittest import mock
@@ -190,20 +191,24 @@ def test_corrupt_record_is_ignored_then_regenerated(cache, causal, garbage):
 
 def test_shipped_h100_defaults_equal_the_heuristic():
     table = records.shipped_table("h100")
-    assert len(table) == 5 * 3 * 3 * 5  # strategy x score kind x dtype x head-dim bucket
+    assert len(table) == 6 * 3 * 3 * 5  # strategy x score kind x dtype x head-dim bucket
     with mock.patch("torch.cuda.get_device_capability", return_value=(9, 0)):
         for cls, config in table.items():
             strategy, kind, dtype, d = cls.split("/")
-            masked = strategy not in ("dense", "neighborhood_dense")
+            masked = strategy not in ("dense", "neighborhood_dense", "neighborhood_sparse")
             neighborhood = strategy.startswith("neighborhood")  # its heuristic ignores the score
+            # block-sparse boxes take the halves where a plain score would (neighborhood_class)
+            halves = strategy in ("dense", "band") or (strategy == "neighborhood_sparse" and kind != "mod")
             want = choose_config(torch.device("cuda"), getattr(torch, dtype), int(d[1:]), int(d[1:]), 4096, 4096,
-                                 tile_reads=kind == "reads", masked=masked, halves=strategy in ("dense", "band"),
+                                 tile_reads=kind == "reads", masked=masked, halves=halves,
                                  score_mod=kind == "mod" and not neighborhood)
             assert config == want, cls
     # the two measured departures from the session-4 table (benchmarks/NOTES.md, session 6)
     assert table["dense/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
     assert table["dense/mod/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
     assert table["band/plain/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
+    assert table["neighborhood_sparse/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
+    assert table["neighborhood_dense/plain/bfloat16/d128"] == KernelConfig(128, 128, 8, 3)  # 1-D: halves lost
 
 
 def test_lookup_order_record_then_shipped_then_heuristic(cache, causal, monkeypatch):
@@ -220,6 +225,32 @@ def test_lookup_order_record_then_shipped_then_heuristic(cache, causal, monkeypa
     assert select_config(causal, padded, None) == (causal.heuristic_config(padded, None), "heuristic")
     fake_gpu(monkeypatch, "h200")  # no record, no shipped file
     assert select_config(causal, p, None) == (causal.heuristic_config(p, None), "heuristic")
+
+
+def test_neighborhood_classes_pick_their_shipped_rows(cache, monkeypatch):
+    """Block-sparse boxes take the two-halves row, 1-D windows the dense kernel's tiles, 2-D
+    windows the masked tiles (CompiledAttention.neighborhood_class, select.strategy_class)."""
+    from attngen.runtime.neighborhood import resolve_axes
+
+    fake_gpu(monkeypatch, H100)
+    cuda = torch.device("cuda")
+    cases = [(ag.neighborhood((8, 16, 16), stride=(8, 16, 16)), (16, 32, 32), "sparse",
+              KernelConfig(256, 64, 8, 4, halves=True)),
+             (ag.neighborhood((32, 32), stride=(16, 16)), (128, 128), "sparse", KernelConfig(256, 64, 8, 4, halves=True)),
+             (ag.neighborhood(2047), (32768,), "dense", KernelConfig(128, 128, 8, 3)),
+             (ag.neighborhood(2048, stride=2048), (32768,), "sparse", KernelConfig(256, 64, 8, 4, halves=True)),
+             (ag.neighborhood((31, 31)), (128, 128), "masked", KernelConfig(64, 64, 4, 3)),
+             # blocks of 128 tokens: two KV tiles per query tile are too few for the dense tiles
+             (ag.neighborhood((8, 16), stride=(8, 16)), (128, 128), "masked", KernelConfig(64, 64, 4, 3))]
+    with mock.patch("torch.cuda.get_device_capability", return_value=(9, 0)):
+        for na, shape, kind, config in cases:
+            attn = ag.compile(ag.Variant(mask=na))
+            L = math.prod(shape)
+            p = Problem(1, 16, 16, L, L, 128, 128, torch.bfloat16, cuda)
+            axes = resolve_axes(na, shape, L)
+            assert attn.neighborhood_class(p, axes) == kind, (na, shape)
+            assert select_config(attn, p, axes) == (config, "shipped"), (na, shape)
+            assert attn.heuristic_config(p, axes) == config, (na, shape)
 
 
 @needs_interpreter

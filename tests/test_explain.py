@@ -135,6 +135,14 @@ def test_blocked_neighborhood_is_perfectly_block_sparse():
     assert "no mask code runs" in "\n".join(r.lines())
 
 
+def test_long_blocks_report_the_two_halves_boxes():
+    """Blocks of 2048 tokens run as 256-row query boxes (two halves) with 64-key boxes, as the
+    runtime picks them on the H100; no box straddles a block."""
+    r = explain_neighborhood(ag.Variant(mask=ag.neighborhood((8, 16, 16), stride=(8, 16, 16))), (16, 32, 32))
+    assert (r.block_m, r.block_n) == (256, 64)
+    assert r.block_sparse and r.partial_tiles == 0 and r.tile_bound == pytest.approx(8)
+
+
 def _full_mask_count(variant, shape, batch, heads, seed=0):
     from attngen.testing import synthesize_tensors
 

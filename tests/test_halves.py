@@ -4,6 +4,8 @@ edge ranges differ from the whole tile's (ragged lengths, narrow and two-sided w
 bottom-right causal with rows that see no key), plus its configuration rules."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import DEVICE, ON_GPU, check, dtype_id, rel_l2, tolerance
@@ -89,12 +91,61 @@ def test_sigmoid_halves_match_reference():
     assert rel_l2(out, ag.reference(variant)(q, k, v)) <= tolerance(dtype)
 
 
+# name: (neighborhood, spatial shape); every case has a shell of partial KV boxes at the CPU
+# tiles unless it is block-sparse (stride = kernel, a multiple of the boxes)
+NEIGHBORHOODS = {
+    "na2d_odd": (ag.neighborhood((3, 5)), (7, 9)),
+    "na2d_wide": (ag.neighborhood((7, 9)), (12, 14)),
+    "na2d_dilated_strided_causal": (ag.neighborhood((3, 4), dilation=(2, 1), stride=(1, 2), is_causal=(True, False)),
+                                    (9, 10)),
+    "na3d": (ag.neighborhood((2, 3, 3), stride=(1, 2, 1)), (3, 5, 6)),
+    "na1d": (ag.neighborhood(17), (100,)),
+    "blocked2d": (ag.neighborhood((4, 8), stride=(4, 8)), (8, 16)),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_m}x{c.block_n}")
+@pytest.mark.parametrize("name", list(NEIGHBORHOODS))
+def test_neighborhood_halves_match_reference(name, config):
+    """The neighborhood's query box as two halves: the full KV boxes paired, the shell per
+    half with each half's windows; GQA and a second normalization on the way."""
+    na, shape = NEIGHBORHOODS[name]
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    L = math.prod(shape)
+    for norm in (ag.softmax(), ag.sigmoid()):
+        variant = ag.Variant(mask=na, norm=norm)
+        attn = ag.compile(variant)
+        assert "_fwd_halves(" in attn.source
+        q = torch.randn(2, 4, L, 32, device=DEVICE, dtype=dtype)
+        k, v = (torch.randn(2, 2, L, 32, device=DEVICE, dtype=dtype) for _ in range(2))
+        out = attn(q, k, v, spatial_shape=shape, config=config)
+        assert attn.last_config.halves
+        ref = ag.reference(variant)(q, k, v, spatial_shape=shape)
+        assert rel_l2(out, ref) <= tolerance(dtype), f"{name} {norm}"
+
+
+def test_neighborhood_halves_cases_walk_both_loops():
+    """With 32-row boxes and 16-key boxes (the interpreter's first config) the cases above
+    take the paired loop over full boxes (2-D and 1-D windows, block-sparse) and the per-half
+    shell loop (every case but the block-sparse one)."""
+    from attngen.runtime.neighborhood import plan, resolve_axes
+
+    walks = {}
+    for name, (na, shape) in NEIGHBORHOODS.items():
+        p = plan(resolve_axes(na, shape, math.prod(shape)), 32, 16)
+        walks[name] = (p.counts()["full_tiles"] > 0, p.has_partial)
+    assert walks["na2d_wide"] == walks["na1d"] == (True, True)
+    assert walks["blocked2d"] == (True, False)
+
+
 def test_halves_source_and_configuration_rules():
     attn = ag.compile(ag.Variant(mask=ag.causal()))
     assert "_fwd_halves(" in attn.source and "_kv_tile_halves(" in attn.source
-    # tile lists and boxes keep one kind of tile: asking for halves there is an error, not a fallback
+    # tile lists, and boxes with other masks, keep one kind of tile: asking for halves there is
+    # an error, not a fallback
     docs = ag.compile(ag.Variant(mask=ag.document()))
     assert "_fwd_halves(" not in docs.source
+    assert "_fwd_halves(" not in ag.compile(ag.Variant(mask=ag.neighborhood(3) & ag.causal())).source
     q = torch.randn(1, 1, 64, 16, device=DEVICE)
     with pytest.raises(ValueError, match="halves"):
         docs(q, q, q, document_ids=torch.zeros(1, 64, dtype=torch.long, device=DEVICE), config=CONFIGS[-1])

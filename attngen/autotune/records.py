@@ -164,8 +164,9 @@ def structure_class(strategy: str, score_kind: str, dtype: torch.dtype, d: int, 
     """The shipped-defaults key: e.g. ``dense/plain/bfloat16/d128``. ``score_kind`` is
     "plain" (qk * scale), "mod" (another score_mod) or "reads" (a tensor read per (query,
     key) pair; CompiledAttention.score_kind). Neighborhood strategies are
-    ``neighborhood_dense`` (runs best on the dense kernel's tiles) or ``neighborhood_masked``
-    (select.py decides, as the heuristic does)."""
+    ``neighborhood_dense`` (runs best on the dense kernel's tiles), ``neighborhood_sparse``
+    (block-sparse boxes: the dense kernel's tiles as two halves) or ``neighborhood_masked``
+    (CompiledAttention.neighborhood_class decides, as the heuristic does)."""
     if score_kind not in SCORE_KINDS:
         raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
     return f"{strategy}/{score_kind}/{dtype_name(dtype)}/d{d_bucket(d, dv)}"

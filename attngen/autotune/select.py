@@ -23,7 +23,7 @@ def strategy_class(attn, p, axes) -> str:
     """The kernel's strategy; neighborhoods split as the heuristic splits them."""
     if attn.ir.strategy != NEIGHBORHOOD:
         return attn.ir.strategy
-    return "neighborhood_dense" if attn.neighborhood_prefers_dense(p, axes) else "neighborhood_masked"
+    return f"neighborhood_{attn.neighborhood_class(p, axes)}"
 
 
 def _padded_dims_bug(p) -> bool:

@@ -4,8 +4,9 @@ The grid is the forward kernel's: block_m, block_n in 16..128 (powers of two), n
 or 8, num_stages 1-4; for neighborhood variants each (block_m, block_n) pair also gets the
 planner's best query/KV boxes (``runtime/neighborhood.py`` ``plan``, ranked by its cost:
 entries visited, partial tiles weighted by their mask code). Kernels with the two-halves
-forward (dense and band masks) also get block_m 128 and 256 as two interleaved halves
-(``KernelConfig.halves``), whose estimates are those of the whole tile.
+forward (dense and band masks, neighborhoods without other masks) also get block_m 128 and
+256 as two interleaved halves (``KernelConfig.halves``; boxes from the planner at launch),
+whose estimates are those of the whole tile.
 
 Pruning rules (each one names why in ``Pruned.reason``):
 

@@ -15,7 +15,7 @@ import sympy
 from .. import __version__
 from .._resources import template_dir
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SCORE, SM_SCALE
-from ..ir.kernel import BAND, DENSE, TILES, KernelIR
+from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Sigmoid, Softmax
 from ..passes.normalization import CHUNKED_LINEAR, ONLINE_SOFTMAX
 from .printer import HostPrinter, TritonPrinter
@@ -188,9 +188,11 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         pass  # a derivative the printer cannot emit: forward only (calls that need grads say so)
     ctx["helpers"] = sorted(printer.helpers)
     ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~'
-    # Closed-form tile ranges (dense, bands) also get the kernel whose query tile is two
-    # interleaved halves (KernelConfig.halves); lists and boxes keep one kind of tile.
-    ctx["halves"] = ir.strategy in (DENSE, BAND) and not ctx["na_keep"]
+    # Closed-form tile ranges (dense, bands, neighborhood boxes without other masks) also get
+    # the kernel whose query tile is two interleaved halves (KernelConfig.halves); tile lists
+    # keep one kind of tile.
+    ctx["halves"] = (ir.strategy in (DENSE, BAND) or (ir.strategy == NEIGHBORHOOD and ctx["mask_code"] is None)) \
+        and not ctx["na_keep"]
     ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors")) or bool(
         ctx["bwd"] and ctx["bwd"]["tensors"])
     return ctx

@@ -206,9 +206,25 @@ class CompiledAttention(CompiledKernel):
         dense = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads)
         return prefers_dense_tiles(axes, dense.block_m, dense.block_n)
 
+    def neighborhood_class(self, p: Problem, axes) -> str:
+        """How this grid's forward runs: "masked" (the masked variants' small tiles: 2-D/3-D
+        windows), "sparse" (block-sparse boxes, no shell of partial boxes even for two-halves
+        query boxes, which it takes: H100 blocked 3-D 470 against 425 TFLOP/s, GNA 2-D 422
+        against 378; benchmarks/NOTES.md, session 8) or "dense" (the dense kernel's tiles:
+        1-D windows, where the halves lost 6%)."""
+        if not self.neighborhood_prefers_dense(p, axes):
+            return "masked"
+        if self._has_halves and not self._score_mod:
+            halves = choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads,
+                                   halves=True)
+            if halves.halves and not plan_neighborhood(axes, halves.block_m, halves.block_n).has_partial:
+                return "sparse"
+        return "dense"
+
     def _neighborhood_config(self, p: Problem, axes) -> KernelConfig:
+        kind = self.neighborhood_class(p, axes)
         return choose_config(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv, tile_reads=self._tile_reads,
-                             masked=not self.neighborhood_prefers_dense(p, axes))
+                             masked=kind == "masked", halves=kind == "sparse")
 
     def heuristic_config(self, p: Problem, axes) -> KernelConfig:
         """choose_config's pick for this call (the tuner's baseline and the last resort)."""

@@ -20,9 +20,11 @@ class KernelConfig:
     the grid, three powers of two with products ``block_m`` / ``block_n``; None lets the
     planner choose (runtime/neighborhood.py ``plan``). The tuner sets them explicitly.
 
-    ``halves`` (dense and band masks only): run the forward kernel that splits each query
-    tile into two halves sharing every K/V load, whose matrix products and softmaxes
-    interleave (templates/attention_fwd.py.j2, ``_fwd_halves``); needs ``block_m >= 32``.
+    ``halves`` (dense, band and neighborhood masks; not tile lists): run the forward kernel
+    that splits each query tile (box) into two halves sharing every K/V load, whose matrix
+    products and softmaxes interleave (templates/attention_fwd.py.j2, ``_fwd_halves``); needs
+    ``block_m >= 32``. A neighborhood's query box splits row-major: its first half of rows
+    and its second.
     """
 
     block_m: int
@@ -41,9 +43,8 @@ class KernelConfig:
         if self.num_stages < 1 or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"KernelConfig: num_stages must be >= 1 and num_warps a power of two <= 16, "
                              f"got {self.num_stages} and {self.num_warps}")
-        if self.halves and (self.block_m < 32 or self.q_box is not None):
-            raise ValueError(f"KernelConfig.halves needs block_m >= 32 and no q_box, got block_m={self.block_m}, "
-                             f"q_box={self.q_box}")
+        if self.halves and self.block_m < 32:
+            raise ValueError(f"KernelConfig.halves needs block_m >= 32, got block_m={self.block_m}")
         for name, block in (("q_box", self.block_m), ("kv_box", self.block_n)):
             box = getattr(self, name)
             if box is None:
