@@ -108,11 +108,11 @@ NEIGHBORHOODS = {
 @pytest.mark.parametrize("name", list(NEIGHBORHOODS))
 def test_neighborhood_halves_match_reference(name, config):
     """The neighborhood's query box as two halves: the full KV boxes paired, the shell per
-    half with each half's windows; GQA and a second normalization on the way."""
+    half with each half's windows; GQA, and sigmoid weights at the first config."""
     na, shape = NEIGHBORHOODS[name]
     dtype = torch.bfloat16 if ON_GPU else torch.float32
     L = math.prod(shape)
-    for norm in (ag.softmax(), ag.sigmoid()):
+    for norm in (ag.softmax(), ag.sigmoid()) if config == CONFIGS[0] else (ag.softmax(),):
         variant = ag.Variant(mask=na, norm=norm)
         attn = ag.compile(variant)
         assert "_fwd_halves(" in attn.source
