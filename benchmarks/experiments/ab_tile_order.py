@@ -18,14 +18,12 @@ Interleaved rounds, forward only, against the generated kernel and the causal eq
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import tempfile
-from pathlib import Path
 
 import torch
 import triton
 
 import attngen as ag
+from rewritten import use_rewritten  # noqa: E402 (this folder)
 
 B, H, D, DOCS, DOC_LEN = 2, 16, 128, 4, 2048
 PID = "    pid_m = tl.program_id(0)\n"
@@ -55,15 +53,6 @@ def rewrite(source: str, name: str, kind: str) -> str:
     return source[:start] + body + source[end:]
 
 
-def load(source: str, folder: Path, tag: str):
-    path = folder / f"order_{tag}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"order_{tag}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -74,13 +63,12 @@ def main() -> None:
     doc = (torch.arange(L, device="cuda") // DOC_LEN).expand(B, L).contiguous()
     q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     qc, kc, vc = (torch.randn(8, H, DOC_LEN, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    folder = Path(tempfile.mkdtemp())
     mask = ag.document() & ag.causal()
     variants = {}
     for kind in ("generated", "reversed", "longest", "two_loops"):
         attn = ag.compile(ag.Variant(mask=mask, name=f"docs_{kind}"))
         if kind != "generated":
-            attn._module = load(rewrite(attn.source, attn.ir.name, kind), folder, kind)
+            use_rewritten(attn, lambda source, a=attn, k=kind: rewrite(source, a.ir.name, k))
         variants[kind] = attn
     causal = ag.compile(ag.Variant(mask=ag.causal()))
     with torch.no_grad():

@@ -19,9 +19,6 @@ rewrites no longer match and the script stops at its first assert.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import tempfile
-from pathlib import Path
 
 import torch
 import triton
@@ -29,6 +26,7 @@ import triton
 import attngen as ag
 import attngen.runtime.autograd as autograd
 from bench_common import compiled_flex, flex_block_mask  # noqa: E402 (benchmarks/ on sys.path)
+from rewritten import replace_once, use_rewritten  # noqa: E402 (this folder)
 
 B, H, D, DOCS, DOC_LEN = 2, 16, 128, 4, 2048
 REWRITES = [
@@ -51,17 +49,10 @@ REWRITES = [
 ]
 
 
-def rewritten(attn, folder: Path):
-    source = attn.source
+def rewritten(source: str) -> str:
     for old, new in REWRITES:
-        assert source.count(old) == 1, f"generated source changed: update the experiment ({old[:60]!r})"
-        source = source.replace(old, new)
-    path = folder / "runs_module.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("runs_module", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        source = replace_once(source, old, new)
+    return source
 
 
 def main() -> None:
@@ -77,7 +68,7 @@ def main() -> None:
     mask = ag.document() & ag.causal()
     generated = ag.compile(ag.Variant(mask=mask, name="docs_generated"))
     runs = ag.compile(ag.Variant(mask=mask, name="docs_runs"))
-    runs._module = rewritten(runs, Path(tempfile.mkdtemp()))
+    use_rewritten(runs, rewritten)
     flex = compiled_flex()
     flex_mask = flex_block_mask(lambda b, h, qi, ki: (qi >= ki) & (doc[b, qi] == doc[b, ki]), L, "cuda", B=B)
     qc, kc, vc = (torch.randn(8, H, DOC_LEN, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)

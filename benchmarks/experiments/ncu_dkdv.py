@@ -1,0 +1,29 @@
+"""One forward+backward under the CUDA profiler range, passes one after the other, for
+``ncu --profile-from-start off -k regex:bwd_dkdv``: the dK/dV pass of the 1-D neighborhood
+(B=1 H=16 L=32768 D=128, kernel 2047) or of causal attention (B=2 H=16 L=8192), bf16.
+
+    PYTHONPATH=. ncu --profile-from-start off -k regex:bwd_dkdv --section ... python3 ncu_dkdv.py na1d|causal
+"""
+import sys
+
+import torch
+
+import attngen as ag
+
+case = sys.argv[1] if len(sys.argv) > 1 else "na1d"
+if case == "na1d":
+    B, H, L, D, extra = 1, 16, 32768, 128, {"spatial_shape": (32768,)}
+    attn = ag.compile(ag.Variant(mask=ag.neighborhood(2047)))
+else:
+    B, H, L, D, extra = 2, 16, 8192, 128, {}
+    attn = ag.compile(ag.Variant(mask=ag.causal()))
+q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+do = torch.randn_like(q)
+attn.module(q.device).CONCURRENT_PASSES = False
+for _ in range(2):
+    torch.autograd.grad(attn(q, k, v, **extra), (q, k, v), do)
+torch.cuda.synchronize()
+torch.cuda.cudart().cudaProfilerStart()
+torch.autograd.grad(attn(q, k, v, **extra), (q, k, v), do)
+torch.cuda.synchronize()
+torch.cuda.cudart().cudaProfilerStop()
