@@ -150,10 +150,10 @@ class NeighborhoodPlan:
         programs."""
         return math.prod(a.dilation * -(-(-(-a.size // a.dilation)) // tn) for a, tn in zip(self.axes, self.kv_box))
 
-    @property
-    def search_steps(self) -> int:
-        """Halvings that cover the longest axis (the dK/dV pass's binary searches)."""
-        return max(a.size for a in self.axes).bit_length() + 1
+    def search_constexprs(self) -> dict[str, int]:
+        """SEARCH_STEPS0..2: the halvings that cover each axis (the dK/dV pass's binary
+        searches over query positions; each search loop runs that many times)."""
+        return {f"SEARCH_STEPS{i}": a.size.bit_length() + 1 for i, a in enumerate(self.axes)}
 
     @property
     def inner_query_boxes(self) -> bool:
