@@ -13,15 +13,9 @@ axis (the earlier behaviour). Forward+backward, interleaved rounds, H100 bf16 B=
 from __future__ import annotations
 
 import argparse
-import math
 
-import torch
-import triton
+from rewritten import neighborhood_ab  # noqa: E402 (this folder)
 
-import attngen as ag
-from rewritten import use_rewritten  # noqa: E402 (this folder)
-
-H, D = 16, 128
 CASES = {"1-D 32768 k2047": ((32768,), (2047,)), "2-D 128x128 k31x31": ((128, 128), (31, 31)),
          "3-D 16x32x32 k7x15x15": ((16, 32, 32), (7, 15, 15))}
 
@@ -44,29 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-    print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
-    runs = {}
-    for name, (shape, kernel) in CASES.items():
-        L = math.prod(shape)
-        q, k, v = (torch.randn(1, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        do = torch.randn_like(q)
-        na = ag.neighborhood(kernel)
-        new = ag.compile(ag.Variant(mask=na, name=f"na_skip_{len(shape)}d"))
-        old = ag.compile(ag.Variant(mask=na, name=f"na_search_all_{len(shape)}d"))
-        use_rewritten(old, searches_everywhere(old.ir.name, max(shape).bit_length() + 1))
-        grads = [torch.autograd.grad(a(q, k, v, spatial_shape=shape), (q, k, v), do) for a in (new, old)]
-        err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(*grads))
-        print(f"{name}: skipped vs searched size-1 axes, max rel err {err:.1e}", flush=True)
-        for label, attn in (("skips (new)", new), ("searches all (old)", old)):
-            runs[(name, label)] = (lambda a=attn, q=q, k=k, v=v, do=do, s=shape:
-                                   torch.autograd.grad(a(q, k, v, spatial_shape=s), (q, k, v), do))
-    times = {key: [] for key in runs}
-    for _ in range(args.rounds):
-        for key, fn in runs.items():
-            times[key].append(triton.testing.do_bench(fn, warmup=25, rep=200))
-    for (name, label), t in times.items():
-        print(f"{name:24s} {label:20s}: " + " ".join(f"{x:.3f}" for x in t) + f" ms (median {sorted(t)[len(t) // 2]:.3f})",
-              flush=True)
+    neighborhood_ab(CASES, lambda old, shape: searches_everywhere(old.ir.name, max(shape).bit_length() + 1),
+                    ("skips (new)", "searches all (old)"), args.rounds)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import torch
 import triton
 
 import attngen as ag
-from rewritten import use_rewritten  # noqa: E402 (this folder)
+from packed_documents import FLOPS, packed_documents  # noqa: E402 (this folder)
+from rewritten import interleaved_ms, print_rates, use_rewritten  # noqa: E402 (this folder)
 
-B, H, D, DOCS, DOC_LEN = 2, 16, 128, 4, 2048
 PID = "    pid_m = tl.program_id(0)\n"
 FIRST_LOOP = "        for start_n in range(tl.load(runs) * BLOCK_N, full_lo, BLOCK_N):\n"
 
@@ -58,11 +58,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
-    L = DOCS * DOC_LEN
-    flops = 4.0 * B * H * D * DOCS * DOC_LEN * (DOC_LEN + 1) / 2
-    doc = (torch.arange(L, device="cuda") // DOC_LEN).expand(B, L).contiguous()
-    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    qc, kc, vc = (torch.randn(8, H, DOC_LEN, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    inputs = packed_documents()
+    flops, doc, q, k, v, (qc, kc, vc) = FLOPS, inputs.doc, inputs.q, inputs.k, inputs.v, inputs.causal_qkv
     mask = ag.document() & ag.causal()
     variants = {}
     for kind in ("generated", "reversed", "longest", "two_loops"):
@@ -88,13 +85,7 @@ def main() -> None:
             print(f"{kind}: rel err vs generated {err:.2e}", flush=True)
         cases = {f"docs {kind}": (lambda a=attn: a(q, k, v, document_ids=doc)) for kind, attn in variants.items()}
         cases["causal B=8 L=2048"] = lambda: causal(qc, kc, vc)
-        rates = {name: [] for name in cases}
-        for _ in range(args.rounds):
-            for name, fn in cases.items():
-                rates[name].append(flops / triton.testing.do_bench(fn, warmup=25, rep=200) / 1e9)
-    for name, r in rates.items():
-        med = sorted(r)[len(r) // 2]
-        print(f"{name:24s}: " + " ".join(f"{x:5.0f}" for x in r) + f"  TFLOP/s (median {med:.0f})", flush=True)
+        print_rates(interleaved_ms(cases, args.rounds), flops, 24)
 
 
 if __name__ == "__main__":

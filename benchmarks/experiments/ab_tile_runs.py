@@ -24,11 +24,11 @@ import torch
 import triton
 
 import attngen as ag
+from packed_documents import B, FLOPS, L, packed_documents  # noqa: E402 (this folder)
 import attngen.runtime.autograd as autograd
 from bench_common import compiled_flex, flex_block_mask  # noqa: E402 (benchmarks/ on sys.path)
-from rewritten import replace_once, use_rewritten  # noqa: E402 (this folder)
+from rewritten import interleaved_ms, print_rates, replace_once, use_rewritten  # noqa: E402 (this folder)
 
-B, H, D, DOCS, DOC_LEN = 2, 16, 128, 4, 2048
 REWRITES = [
     # forward
     ("    for i in range(0, n_full):\n        start_n = tl.load(full_index + index_off + i) * BLOCK_N\n",
@@ -60,10 +60,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
-    L = DOCS * DOC_LEN
-    flops = 4.0 * B * H * D * DOCS * DOC_LEN * (DOC_LEN + 1) / 2
-    doc = (torch.arange(L, device="cuda") // DOC_LEN).expand(B, L).contiguous()
-    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    inputs = packed_documents(requires_grad=True)
+    flops, doc, q, k, v = FLOPS, inputs.doc, inputs.q, inputs.k, inputs.v
     do = torch.randn_like(q)
     mask = ag.document() & ag.causal()
     generated = ag.compile(ag.Variant(mask=mask, name="docs_generated"))
@@ -71,8 +69,7 @@ def main() -> None:
     use_rewritten(runs, rewritten)
     flex = compiled_flex()
     flex_mask = flex_block_mask(lambda b, h, qi, ki: (qi >= ki) & (doc[b, qi] == doc[b, ki]), L, "cuda", B=B)
-    qc, kc, vc = (torch.randn(8, H, DOC_LEN, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                  for _ in range(3))
+    qc, kc, vc = inputs.causal_qkv
     doc_ = torch.randn_like(qc)
     causal = ag.compile(ag.Variant(mask=ag.causal()))
 
@@ -117,13 +114,8 @@ def main() -> None:
     }
     for fn, _ in cases.values():
         fn()
-    rates: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.rounds):
-        for name, (fn, f) in cases.items():
-            rates[name].append(f / triton.testing.do_bench(fn, warmup=25, rep=200) / 1e9)
-    for name, r in rates.items():
-        med = sorted(r)[len(r) // 2]
-        print(f"{name:36s}: " + " ".join(f"{x:5.0f}" for x in r) + f"  TFLOP/s (median {med:.0f})", flush=True)
+    times = interleaved_ms({name: fn for name, (fn, _) in cases.items()}, args.rounds)
+    print_rates(times, {name: f for name, (_, f) in cases.items()}, 36)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Experiments that time a hand-edited variant of a generated module: load the edited source
-as a module and make a compiled variant launch it (forward and backward alike)."""
+as a module and make a compiled variant launch it (forward and backward alike), and time the
+variants in interleaved rounds."""
 from __future__ import annotations
 
 import importlib.util
@@ -31,3 +32,60 @@ def replace_once(source: str, old: str, new: str) -> str:
 def use_rewritten(attn, edit: Callable[[str], str]) -> None:
     """Make ``attn`` (a CompiledAttention) launch ``edit(attn.source)`` instead of its module."""
     attn._module = load_source(edit(attn.source), f"{attn.ir.name}_rewritten")
+
+
+def interleaved_ms(runs: dict, rounds: int, rep: float = 200) -> dict:
+    """{key: [ms per round]}: every function of ``runs`` timed once per round (do_bench median),
+    round after round, so that clock drift under sustained load hits them alike."""
+    import triton
+
+    times = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            times[key].append(triton.testing.do_bench(fn, warmup=25, rep=rep))
+    return times
+
+
+def print_rates(times: dict, flops: dict | float, width: int = 26) -> None:
+    """One line per key: TFLOP/s per round and their median (``flops`` per key, or one for all)."""
+    for key, t in times.items():
+        f = flops[key] if isinstance(flops, dict) else flops
+        r = [f / ms / 1e9 for ms in t]
+        print(f"{str(key):{width}s}: " + " ".join(f"{x:5.0f}" for x in r)
+              + f"  TFLOP/s (median {sorted(r)[len(r) // 2]:.0f})", flush=True)
+
+
+def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], rounds: int,
+                    heads: int = 16, d: int = 128) -> None:
+    """Forward+backward of each neighborhood case ({name: (spatial shape, kernel)}) with the
+    generated module ("new") and with ``old_edit(attn, shape)(source)`` ("old"), H100 bf16 B=1: the
+    gradients compared, then ``rounds`` interleaved timing rounds printed per case and label."""
+    import math
+
+    import torch
+    import triton
+
+    import attngen as ag
+
+    print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
+    runs = {}
+    for name, (shape, kernel) in cases.items():
+        L = math.prod(shape)
+        q, k, v = (torch.randn(1, heads, L, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        do = torch.randn_like(q)
+        na = ag.neighborhood(kernel)
+        tag = labels[0].split()[0].lower()
+        new = ag.compile(ag.Variant(mask=na, name=f"na_new_{tag}_{len(shape)}d"))
+        old = ag.compile(ag.Variant(mask=na, name=f"na_old_{tag}_{len(shape)}d"))
+        use_rewritten(old, old_edit(old, shape))
+        grads = [torch.autograd.grad(a(q, k, v, spatial_shape=shape), (q, k, v), do) for a in (new, old)]
+        err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(*grads))
+        print(f"{name}: {labels[0]} vs {labels[1]} gradients, max rel err {err:.1e}", flush=True)
+        for label, attn in zip(labels, (new, old)):
+            runs[(name, label)] = (lambda a=attn, q=q, k=k, v=v, do=do, s=shape:
+                                   torch.autograd.grad(a(q, k, v, spatial_shape=s), (q, k, v), do))
+    times = interleaved_ms(runs, rounds)
+    for (name, label), t in times.items():
+        print(f"{name:24s} {label:20s}: " + " ".join(f"{x:.3f}" for x in t)
+              + f" ms (median {sorted(t)[len(t) // 2]:.3f})", flush=True)
