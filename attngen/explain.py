@@ -28,6 +28,7 @@ from .passes.tiles import conjuncts
 from .passes.tiles import split_neighborhood as neighborhood_split
 from .reference import SPATIAL, mask_matrix
 from .runtime.neighborhood import RANK, Axis, plan, prefers_dense_tiles, resolve_axes
+from .runtime.tiles import rows_in_one_run
 from .testing import synthesize_tensors
 
 
@@ -43,6 +44,8 @@ class TileReport:
     partial_tiles: int
     all_tiles: int
     visited_entries_masked: int
+    rows_as_runs: int = 0  # (batch, head, query tile) rows whose tiles are one run
+    rows: int = 0
 
     @property
     def density(self) -> float:
@@ -71,6 +74,9 @@ class TileReport:
             f"masked in visited tiles  {self.masked_fraction:.3f}",
             f"bound over dense {self.speed_of_light:.2f}x speed of light (1/density), "
             f"{self.tile_bound:.2f}x with these tiles",
+            f"rows as runs     {self.rows_as_runs} of {self.rows} query tiles' KV tiles form one run"
+            + (" (a tile-list mask walks them as loop ranges)" if self.rows and self.rows_as_runs == self.rows
+               else " (a tile-list mask walks its index lists)"),
         ]
 
 
@@ -88,7 +94,7 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
     tensors = synthesize_tensors(variant, batch, heads, Lq, Lkv, "cpu", g)
     num_n = -(-Lkv // block_n)
     pad_n = num_n * block_n - Lkv
-    attended = full = partial = masked = 0
+    attended = full = partial = masked = as_runs = 0
     for m0 in range(0, Lq, block_m):
         rows = min(block_m, Lq - m0)
         env = {B: torch.arange(batch).view(-1, 1, 1, 1), H: torch.arange(heads).view(1, -1, 1, 1),
@@ -103,9 +109,11 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
         full += int(is_full.sum())
         partial += int(is_partial.sum())
         masked += int((is_partial * (block_m * block_n - per_tile)).sum())
+        kinds = is_partial.to(torch.int8) + 2 * is_full.to(torch.int8)  # (batch, heads, num_n): one row
+        as_runs += int(rows_in_one_run(kinds.unsqueeze(-2)).sum())
     num_m = -(-Lq // block_m)
     return TileReport(Lq, Lkv, block_m, block_n, attended, batch * heads * Lq * Lkv, full, partial,
-                      batch * heads * num_m * num_n, masked)
+                      batch * heads * num_m * num_n, masked, as_runs, batch * heads * num_m)
 
 
 # --------------------------------------------------------------------------- neighborhoods

@@ -125,6 +125,7 @@ def test_explain_causal_density_and_bounds():
     assert "density          0.5010" in out
     assert "tiles visited    36 of 64 (28 full, 8 partial)" in out
     assert "1.78x with these tiles" in out
+    assert "rows as runs     8 of 8 query tiles' KV tiles form one run (a tile-list mask walks them as loop ranges)" in out
 
 
 def test_explain_rejects_bad_shape():

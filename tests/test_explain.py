@@ -135,6 +135,19 @@ def test_blocked_neighborhood_is_perfectly_block_sparse():
     assert "no mask code runs" in "\n".join(r.lines())
 
 
+def test_rows_as_runs_tell_ranges_from_lists():
+    """Packed documents: every query tile's KV tiles form one run (the kernels walk ranges);
+    a checkerboard leaves gaps in every row (the kernels walk the lists)."""
+    def checkerboard(b, h, q_idx, kv_idx):
+        return (q_idx // 16 + kv_idx // 16) % 2 == 0
+
+    docs = explain(ag.Variant(mask=ag.document() & ag.causal()), 256, block_m=32, block_n=32, batch=2)
+    assert docs.rows == 2 * 8 and docs.rows_as_runs == docs.rows
+    board = explain(ag.Variant(mask=ag.mask_mod(checkerboard)), 128, block_m=16, block_n=16)
+    assert board.rows == 8 and board.rows_as_runs == 0
+    assert "walks its index lists" in board.lines()[-1]
+
+
 def test_long_blocks_report_the_two_halves_boxes():
     """Blocks of 2048 tokens run as 256-row query boxes (two halves) with 64-key boxes, as the
     runtime picks them on the H100; no box straddles a block."""

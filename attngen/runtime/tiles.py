@@ -116,28 +116,38 @@ class TileLists:
         return int(self.full_count.sum()), int(self.partial_count.sum())
 
 
+def _runs_of(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the first hit column, one past the last, and the count. argmax gives the first
+    maximum, so the first hit from either end (0 on a row without any, which the callers mask
+    by the count); no (rows x columns) temporaries wider than a byte."""
+    hit = hit.to(torch.uint8)
+    first = hit.argmax(-1)
+    end = hit.shape[-1] - hit.flip(-1).argmax(-1)
+    return first, end, hit.sum(-1, dtype=torch.int32)
+
+
+def _row_runs(kind: torch.Tensor) -> tuple:
+    """(lo, hi, visited, full_lo, full_hi, full, one_run) per row of a classification."""
+    lo, hi, visited = _runs_of(kind > 0)
+    full_lo, full_hi, full = _runs_of(kind == 2)
+    one_run = ((hi - lo == visited) | (visited == 0)) & ((full_hi - full_lo == full) | (full == 0))
+    return lo, hi, visited, full_lo, full_hi, full, one_run
+
+
+def rows_in_one_run(kind: torch.Tensor) -> torch.Tensor:
+    """Per row of a (..., rows, columns) classification (0 empty, 1 partial, 2 full): whether
+    its visited columns are one run with its full columns one run inside it."""
+    return _row_runs(kind)[-1]
+
+
 def contiguous_runs(kind: torch.Tensor) -> tuple[torch.Tensor | None, float]:
     """Per row of a (..., rows, columns) classification (0 empty, 1 partial, 2 full), the
     bounds [lo, full_lo, full_hi, hi) of its visited columns and of its full columns, as a
-    (..., rows, 4) int32 tensor, when every row's visited columns are one run and its full
-    columns one run inside it (so [lo, full_lo) and [full_hi, hi) hold only partial tiles);
-    None otherwise. A row without full tiles has full_lo = full_hi = hi; an empty row is all
-    zeros. Second: the share of partial tiles among the visited ones (1.0 when none is)."""
-    cols = kind.shape[-1]
-
-    def run(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # argmax gives the first maximum: the first hit from either end (0 on a row without
-        # any, which the callers mask by the count); no (rows x columns) temporaries wider
-        # than a byte
-        hit = hit.to(torch.uint8)
-        first = hit.argmax(-1)
-        end = cols - hit.flip(-1).argmax(-1)
-        count = hit.sum(-1, dtype=torch.int32)
-        return first, end, count
-
-    lo, hi, visited = run(kind > 0)
-    full_lo, full_hi, full = run(kind == 2)
-    one_run = ((hi - lo == visited) | (visited == 0)) & ((full_hi - full_lo == full) | (full == 0))
+    (..., rows, 4) int32 tensor, when every row is one run (``rows_in_one_run``: then
+    [lo, full_lo) and [full_hi, hi) hold only partial tiles); None otherwise. A row without
+    full tiles has full_lo = full_hi = hi; an empty row is all zeros. Second: the share of
+    partial tiles among the visited ones (1.0 when none is)."""
+    lo, hi, visited, full_lo, full_hi, full, one_run = _row_runs(kind)
     # the host sync, once per classification
     all_runs, n_visited, n_full = torch.stack((one_run.all().long(), visited.sum(), full.sum())).tolist()
     share = 1.0 - n_full / n_visited if n_visited else 1.0
