@@ -12,7 +12,7 @@ import torch
 from helpers import DEVICE, DTYPES, GRAD_TOLERANCE, check_grads, doc_ids, dtype_id
 
 import attngen as ag
-from attngen.runtime.neighborhood import NeighborhoodPlan
+from attngen.runtime.neighborhood import NeighborhoodPlan, plan, resolve_axes
 
 SMALL = ag.KernelConfig(16, 16, 4, 1)
 
@@ -52,8 +52,12 @@ NA_CASES = {  # name: (variant, spatial shape)
     "3d_softcap": (ag.Variant(mask=ag.neighborhood((2, 3, 3)), score=_softcap), (3, 5, 6)),
     "2d_and_causal": (ag.Variant(mask=ag.neighborhood((5, 5)) & ag.causal()), (6, 8)),
     "2d_axial": (ag.Variant(mask=ag.neighborhood((1, 8))), (5, 8)),
-    # a window wider than the 16-token boxes: dK/dV's inner query boxes (no window test)
+    # a window wider than the 16-token boxes: dK/dV's inner query boxes (no window test),
+    # walked as row ranges (1-D, no dilation) unless dilated or on a (L, 1) grid
     "1d_k41": (ag.Variant(mask=ag.neighborhood(41)), (100,)),
+    "1d_causal_strided": (ag.Variant(mask=ag.neighborhood(21, stride=3, is_causal=True)), (70,)),
+    "1d_dilated": (ag.Variant(mask=ag.neighborhood(9, dilation=3)), (61,)),
+    "1d_as_column": (ag.Variant(mask=ag.neighborhood((23, 1))), (57, 1)),
 }
 WIDE_2D_CASES = {  # windows wider than the 4x4 boxes, so inner query boxes exist
     "2d_k9": (ag.Variant(mask=ag.neighborhood((9, 9))), (12, 13)),
@@ -84,6 +88,17 @@ def test_neighborhood_gradients(name, dtype):
     variant, shape = NA_CASES[name]
     L = int(torch.tensor(shape).prod())
     check_grads(variant, 1, 4, 2, L, L, 32, 16, dtype, config=SMALL, spatial_shape=shape)
+
+
+def test_row_range_walk_is_taken_on_1d_grids_without_dilation():
+    """The cases above cover both dK/dV walks of 1-D grids: row ranges and boxes."""
+    def ranges(name):
+        variant, shape = NA_CASES[name]
+        axes = resolve_axes(variant.mask, shape, int(torch.tensor(shape).prod()))
+        return plan(axes, SMALL.block_m, SMALL.block_n).query_rows_are_ranges
+
+    plain = [n for n in NA_CASES if isinstance(NA_CASES[n][0].mask, ag.Neighborhood)]
+    assert [n for n in plain if ranges(n)] == ["1d_k5", "1d_k41", "1d_causal_strided"]
 
 
 @pytest.mark.parametrize("name", list(WIDE_2D_CASES))

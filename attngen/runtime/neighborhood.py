@@ -164,6 +164,16 @@ class NeighborhoodPlan:
         return one_axis_varies(self.axes)
 
     @property
+    def query_rows_are_ranges(self) -> bool:
+        """Whether the dK/dV pass's query boxes are plain row ranges: only the last axis varies,
+        without dilation, and the boxes lie along it. The pass then walks rows from a multiple
+        of the box as the band's does (contiguous, aligned rows: vector loads of lse and delta,
+        no per-step row arithmetic; benchmarks/NOTES.md, session 9)."""
+        *lead, last = self.axes
+        return (all(a.size == 1 for a in lead) and last.dilation == 1
+                and self.q_box[:-1] == (1,) * (RANK - 1) and self.inner_query_boxes)
+
+    @property
     def has_partial(self) -> bool:
         """Whether any KV tile needs mask code (False: perfectly block sparse)."""
         return any(t.kv_tiles != t.full_tiles for t in self.per_axis)

@@ -69,15 +69,15 @@ def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], ro
 
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
     runs = {}
-    for name, (shape, kernel) in cases.items():
+    for case, (name, (shape, kernel)) in enumerate(cases.items()):
         L = math.prod(shape)
         q, k, v = (torch.randn(1, heads, L, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                    for _ in range(3))
         do = torch.randn_like(q)
         na = ag.neighborhood(kernel)
         tag = labels[0].split()[0].lower()
-        new = ag.compile(ag.Variant(mask=na, name=f"na_new_{tag}_{len(shape)}d"))
-        old = ag.compile(ag.Variant(mask=na, name=f"na_old_{tag}_{len(shape)}d"))
+        new = ag.compile(ag.Variant(mask=na, name=f"na_new_{tag}_{len(shape)}d_{case}"))
+        old = ag.compile(ag.Variant(mask=na, name=f"na_old_{tag}_{len(shape)}d_{case}"))
         use_rewritten(old, old_edit(old, shape))
         grads = [torch.autograd.grad(a(q, k, v, spatial_shape=shape), (q, k, v), do) for a in (new, old)]
         err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(*grads))
