@@ -111,6 +111,16 @@ def test_neighborhood_gradients_with_inner_boxes_forced(name, monkeypatch):
     check_grads(variant, 1, 2, 1, L, L, 32, 16, torch.float32, config=SMALL, spatial_shape=shape)
 
 
+@pytest.mark.parametrize("name", ["2d_3x5", "3d_softcap", "2d_and_causal"])
+def test_neighborhood_gradients_with_full_boxes_first_forced(name, monkeypatch):
+    """dQ's split walk (full KV boxes without the window test, then the shell; the launcher
+    takes it on 1-D grids and block-sparse plans) is exact on 2-D/3-D windows too."""
+    monkeypatch.setattr(NeighborhoodPlan, "full_boxes_first", property(lambda self: True))
+    variant, shape = NA_CASES[name]
+    L = int(torch.tensor(shape).prod())
+    check_grads(variant, 1, 2, 1, L, L, 32, 16, torch.float32, config=SMALL, spatial_shape=shape)
+
+
 @pytest.mark.parametrize("name", ["2d_3x5", "2d_dilated_strided"])
 def test_neighborhood_gradients_default_tiles(name):
     variant, shape = NA_CASES[name]

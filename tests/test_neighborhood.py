@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import attngen as ag
 from attngen.library import builtin, builtin_names
-from attngen.runtime.neighborhood import Axis, axis_tiles, plan, resolve_axes
+from attngen.runtime.neighborhood import Axis, NeighborhoodPlan, axis_tiles, plan, resolve_axes
 from attngen.testing import fitting_spatial_shape
 
 SETTINGS = dict(deadline=None, database=None, derandomize=True,
@@ -455,6 +455,18 @@ def test_kernel_tile_sizes(geo, blocks):
     q, k, v = _inputs(geo.L, torch.float32, Hq=2, Hkv=1)
     na_compare(attn, q, k, v, geo.shape, oracle_mask=geo.oracle(), config=config)
     assert attn.last_config == config
+
+
+@pytest.mark.parametrize("geo,blocks", CONFIG_CASES[:4], ids=[g.name for g, _ in CONFIG_CASES[:4]])
+def test_kernel_full_boxes_first_on_2d_and_3d(geo, blocks, monkeypatch):
+    """The forward's split walk (full boxes without the window test, then the shell's slabs;
+    the launcher takes it on 1-D grids and block-sparse plans) is exact on 2-D/3-D windows too,
+    where the launcher walks every box with the test in one loop."""
+    assert plan(_axes_of(geo), *blocks).has_partial and not plan(_axes_of(geo), *blocks).full_boxes_first
+    monkeypatch.setattr(NeighborhoodPlan, "full_boxes_first", property(lambda self: True))
+    attn = ag.compile(ag.Variant(mask=geo.na))
+    q, k, v = _inputs(geo.L, torch.float32, Hq=2, Hkv=1)
+    na_compare(attn, q, k, v, geo.shape, oracle_mask=geo.oracle(), config=ag.KernelConfig(*blocks, 4, 1))
 
 
 def test_kernel_tile_sizes_cover_both_paths():

@@ -192,10 +192,21 @@ class NeighborhoodPlan:
                                          for t, tm, tn in zip(per_axis, self.q_box, self.kv_box)),
         }
 
+    @property
+    def full_boxes_first(self) -> bool:
+        """Whether the forward and dQ passes walk the full KV boxes first, without the window
+        test, and the shell after them; otherwise one loop walks every box with the test.
+        Split where the full boxes are most of the walk (1-D windows) or all of it
+        (block-sparse geometry); one loop on 2-D/3-D windows, whose walk is mostly shell,
+        saves a second pipeline fill and the shell's slab arithmetic (NOTES.md, session 9)."""
+        return one_axis_varies(self.axes) or not self.has_partial
+
     def constexprs(self) -> dict[str, object]:
-        """The forward kernel's compile-time geometry, tile boxes and HAS_PARTIAL."""
+        """The forward and dQ kernels' compile-time geometry, tile boxes, HAS_PARTIAL and
+        FULL_BOXES."""
         out = self.box_constexprs()
         out["HAS_PARTIAL"] = self.has_partial
+        out["FULL_BOXES"] = self.full_boxes_first
         return out
 
     def box_constexprs(self) -> dict[str, object]:

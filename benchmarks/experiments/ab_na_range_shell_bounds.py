@@ -20,7 +20,7 @@ UNMASKED = ("SHELL_IN_BOUNDS=even_dims and (not kv_tiles.inner_query_boxes or "
             "(kv_tiles.query_rows_are_ranges and Lq % kv_cfg.block_m == 0))")
 
 
-def unmasked_shell(_old, _shape):
+def unmasked_shell(_old, _shape, _name):
     return lambda source: replace_once(source, MASKED, UNMASKED)
 
 

@@ -20,7 +20,7 @@ CASES = {"1-D 32768 k2047": ((32768,), (2047,)), "1-D 16384 k1023": ((16384,), (
          "1-D 32768 k4095": ((32768,), (4095,))}
 
 
-def box_walk(_old, _shape):
+def box_walk(_old, _shape, _name):
     return lambda source: replace_once(source, "ROW_RANGES=kv_tiles.query_rows_are_ranges", "ROW_RANGES=False")
 
 

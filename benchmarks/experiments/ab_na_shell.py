@@ -27,7 +27,7 @@ OLD = (Path(__file__).resolve().parents[1] / "results" / "2026-11-24-h100-sessio
        / "ab_na_shell_old.tar.gz")
 
 
-def old_module(old, shape):
+def old_module(old, shape, _name):
     """The module generated at fb8fb99 for this case (from the tarball of the three)."""
     with tarfile.open(OLD) as tar:
         text = tar.extractfile(f"na_shell_old_{len(shape)}d.py").read().decode()

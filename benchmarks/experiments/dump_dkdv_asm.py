@@ -1,5 +1,5 @@
 """Dump the compiled dK/dV kernels (PTX, and SASS where nvdisasm exists) of the 1-D neighborhood
-(B=1 H=16 L=32768, kernel 2047) and of causal attention (B=2 H=16 L=8192) to $OUT, with a count
+(B=1 H=16 L=32768, kernel 2047), the 2-D one (128x128, kernel 31x31) and of causal attention (B=2 H=16 L=8192) to $OUT, with a count
 of instructions by opcode, to see what the neighborhood's loop executes in excess (ncu: 62% more
 instructions for the same attended entries).
 
@@ -17,6 +17,7 @@ import attngen as ag
 
 out = Path(os.environ.get("OUT", "."))
 cases = {"na1d": (ag.Variant(mask=ag.neighborhood(2047)), 1, 32768, {"spatial_shape": (32768,)}),
+         "na2d": (ag.Variant(mask=ag.neighborhood((31, 31))), 1, 16384, {"spatial_shape": (128, 128)}),
          "causal": (ag.Variant(mask=ag.causal()), 2, 8192, {})}
 for name, (variant, B, L, extra) in cases.items():
     attn = ag.compile(variant)

@@ -56,9 +56,10 @@ def print_rates(times: dict, flops: dict | float, width: int = 26) -> None:
 
 
 def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], rounds: int,
-                    heads: int = 16, d: int = 128) -> None:
-    """Forward+backward of each neighborhood case ({name: (spatial shape, kernel)}) with the
-    generated module ("new") and with ``old_edit(attn, shape)(source)`` ("old"), H100 bf16 B=1: the
+                    heads: int = 16, d: int = 128, forward: bool = False) -> None:
+    """Forward+backward (and with ``forward`` the forward alone, under no_grad) of each
+    neighborhood case ({name: (spatial shape, kernel[, stride])}) with the generated module
+    ("new") and with ``old_edit(attn, shape, name)(source)`` ("old"), H100 bf16 B=1: the
     gradients compared, then ``rounds`` interleaved timing rounds printed per case and label."""
     import math
 
@@ -69,23 +70,33 @@ def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], ro
 
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
     runs = {}
-    for case, (name, (shape, kernel)) in enumerate(cases.items()):
+    for case, (name, (shape, kernel, *stride)) in enumerate(cases.items()):
         L = math.prod(shape)
         q, k, v = (torch.randn(1, heads, L, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                    for _ in range(3))
         do = torch.randn_like(q)
-        na = ag.neighborhood(kernel)
+        na = ag.neighborhood(kernel, stride=stride[0] if stride else 1)
         tag = labels[0].split()[0].lower()
         new = ag.compile(ag.Variant(mask=na, name=f"na_new_{tag}_{len(shape)}d_{case}"))
         old = ag.compile(ag.Variant(mask=na, name=f"na_old_{tag}_{len(shape)}d_{case}"))
-        use_rewritten(old, old_edit(old, shape))
+        use_rewritten(old, old_edit(old, shape, name))
         grads = [torch.autograd.grad(a(q, k, v, spatial_shape=shape), (q, k, v), do) for a in (new, old)]
         err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(*grads))
         print(f"{name}: {labels[0]} vs {labels[1]} gradients, max rel err {err:.1e}", flush=True)
         for label, attn in zip(labels, (new, old)):
-            runs[(name, label)] = (lambda a=attn, q=q, k=k, v=v, do=do, s=shape:
-                                   torch.autograd.grad(a(q, k, v, spatial_shape=s), (q, k, v), do))
+            runs[(name, label, "fwd+bwd")] = (lambda a=attn, q=q, k=k, v=v, do=do, s=shape:
+                                              torch.autograd.grad(a(q, k, v, spatial_shape=s), (q, k, v), do))
+            if forward:
+                runs[(name, label, "fwd")] = (lambda a=attn, q=q, k=k, v=v, s=shape:
+                                              _no_grad(a, q, k, v, spatial_shape=s))
     times = interleaved_ms(runs, rounds)
-    for (name, label), t in times.items():
-        print(f"{name:24s} {label:20s}: " + " ".join(f"{x:.3f}" for x in t)
+    for (name, label, mode), t in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        print(f"{name:24s} {mode:7s} {label:20s}: " + " ".join(f"{x:.3f}" for x in t)
               + f" ms (median {sorted(t)[len(t) // 2]:.3f})", flush=True)
+
+
+def _no_grad(attn, *args, **kwargs):
+    import torch
+
+    with torch.no_grad():
+        return attn(*args, **kwargs)
