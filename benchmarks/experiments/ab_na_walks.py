@@ -29,7 +29,8 @@ from rewritten import neighborhood_ab, replace_once  # noqa: E402 (this folder)
 CASES = {"2-D 128x128 k31x31": ((128, 128), (31, 31)), "3-D 16x32x32 k7x15x15": ((16, 32, 32), (7, 15, 15)),
          "1-D 32768 k2047": ((32768,), (2047,)),
          "blocked 3-D k=s=8x16x16": ((16, 32, 32), (8, 16, 16), (8, 16, 16)),
-         "GNA 2-D k32 s16": ((128, 128), (32, 32), (16, 16))}
+         "GNA 2-D k32 s16": ((128, 128), (32, 32), (16, 16)),
+         "blocked 2-D k=s=16x16": ((128, 128), (16, 16), (16, 16))}
 PREV = (Path(__file__).resolve().parents[1] / "results" / "2026-11-24-h100-session9" / "experiments"
         / "ab_na_walks_prev.py.gz")
 
@@ -55,11 +56,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--against", choices=("prev", "split"), default="prev")
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all, or the 2-D/3-D "
+                                                  "windows with --against split)")
     args = ap.parse_args()
-    if args.against == "prev":
-        neighborhood_ab(CASES, previous_module, ("walks (new)", "4529135 (old)"), args.rounds, forward=True)
-    else:
+    if args.cases:
+        cases = {k: CASES[k] for k in args.cases.split(",")}
+    elif args.against == "split":
         cases = {k: v for k, v in CASES.items() if k.startswith(("2-D", "3-D"))}
+    else:
+        cases = CASES
+    if args.against == "prev":
+        neighborhood_ab(cases, previous_module, ("walks (new)", "4529135 (old)"), args.rounds, forward=True)
+    else:
         neighborhood_ab(cases, split_walk, ("single loop (new)", "split (old)"), args.rounds, forward=True)
 
 
