@@ -173,6 +173,7 @@ class NeighborhoodReport:
     attended_all: int | None = None
     batch: int = 1
     heads: int = 1
+    full_boxes_first: bool = True  # the kernels' walk (NeighborhoodPlan.full_boxes_first)
 
     @property
     def rank(self) -> int:
@@ -259,6 +260,10 @@ class NeighborhoodReport:
         out.append(f"KV tiles visited {self.visited_tiles} ({self.full_tiles} full, {self.partial_tiles} partial), "
                    f"{self.visited_tiles / self.query_tiles:.1f} per query tile" if self.query_tiles else
                    f"KV tiles visited {self.visited_tiles}")
+        out.append("walk             " + ("full KV boxes first, without mask code, then the shell with the window test"
+                                      if self.full_boxes_first else
+                                      "every visited KV box with the window test, in one loop (a 2-D/3-D "
+                                      "window's walk is mostly shell)"))
         out.append(f"masked in visited tiles  {self.masked_fraction:.3f} "
                    f"({self.visited_entries} entries visited, padding included)")
         out.append(f"bound over dense {self.speed_of_light:.2f}x speed of light (1/density), "
@@ -267,8 +272,11 @@ class NeighborhoodReport:
             out.append("block sparse     yes: every visited tile is full, no mask code runs")
         elif self.other_masks is not None:
             out.append(f"block sparse     no: `{self.other_masks}` is evaluated element-wise in every visited tile")
-        else:
+        elif self.full_boxes_first:
             out.append(f"block sparse     no: {self.partial_tiles} partial tiles run mask code")
+        else:
+            out.append(f"block sparse     no: {self.partial_tiles} partial tiles; all {self.visited_tiles} visited "
+                       "tiles run the window test")
         if self.other_masks is not None:
             how = ("counted exactly in density and masked fraction" if self.attended_all is not None
                    else "NOT counted: density and masked fraction are the neighborhood's alone")
@@ -399,4 +407,4 @@ def explain_neighborhood(variant: Variant, spatial_shape: int | tuple[int, ...],
         other_text = " & ".join(_mask_to_text(m, names) for m in others)
     return NeighborhoodReport(tuple(spatial_shape), axes, p.q_box, p.kv_box, c["L"], c["attended"], nonempty,
                               c["query_tiles"], c["visited_tiles"], c["full_tiles"], c["visited_entries"],
-                              other_text, attended_all, batch, heads)
+                              other_text, attended_all, batch, heads, p.full_boxes_first)

@@ -135,6 +135,20 @@ def test_blocked_neighborhood_is_perfectly_block_sparse():
     assert "no mask code runs" in "\n".join(r.lines())
 
 
+def test_neighborhood_walk_follows_the_kernels():
+    """2-D windows test every box in one loop; 1-D windows and block-sparse plans walk the full
+    boxes first (NeighborhoodPlan.full_boxes_first, which the kernels take too)."""
+    def walk(kernel, shape, **geometry):
+        r = explain_neighborhood(ag.Variant(mask=ag.neighborhood(kernel, **geometry)), shape)
+        return r.full_boxes_first, next(line for line in r.lines() if line.startswith("walk"))
+
+    first, line = walk((31, 31), (128, 128))
+    assert not first and "in one loop" in line
+    for kernel, shape, geometry in ((2047, (32768,), {}), (16, (128, 128), {"stride": 16})):
+        first, line = walk(kernel, shape, **geometry)
+        assert first and "full KV boxes first" in line
+
+
 def test_rows_as_runs_tell_ranges_from_lists():
     """Packed documents: every query tile's KV tiles form one run (the kernels walk ranges);
     a checkerboard leaves gaps in every row (the kernels walk the lists)."""
