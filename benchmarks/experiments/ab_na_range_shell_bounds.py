@@ -10,9 +10,8 @@ interleaved rounds, H100 bf16 B=1 H=16 D=128.
 """
 from __future__ import annotations
 
-import argparse
 
-from rewritten import neighborhood_ab, replace_once  # noqa: E402 (this folder)
+from rewritten import neighborhood_ab_cli, replace_once  # noqa: E402 (this folder)
 
 CASES = {"1-D 32768 k2047": ((32768,), (2047,)), "1-D 16384 k1023": ((16384,), (1023,))}
 MASKED = "SHELL_IN_BOUNDS=even_dims and not kv_tiles.inner_query_boxes"
@@ -24,12 +23,5 @@ def unmasked_shell(_old, _shape, _name):
     return lambda source: replace_once(source, MASKED, UNMASKED)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=4)
-    args = ap.parse_args()
-    neighborhood_ab(CASES, unmasked_shell, ("masked shell (now)", "unmasked shell"), args.rounds)
-
-
 if __name__ == "__main__":
-    main()
+    neighborhood_ab_cli(__doc__, CASES, unmasked_shell, ("masked shell (now)", "unmasked shell"))

@@ -12,9 +12,8 @@ fwd+bwd, interleaved rounds, H100 bf16 B=1 H=16 D=128.
 """
 from __future__ import annotations
 
-import argparse
 
-from rewritten import neighborhood_ab, replace_once  # noqa: E402 (this folder)
+from rewritten import neighborhood_ab_cli, replace_once  # noqa: E402 (this folder)
 
 CASES = {"1-D 32768 k2047": ((32768,), (2047,)), "1-D 16384 k1023": ((16384,), (1023,)),
          "1-D 32768 k4095": ((32768,), (4095,))}
@@ -24,12 +23,5 @@ def box_walk(_old, _shape, _name):
     return lambda source: replace_once(source, "ROW_RANGES=kv_tiles.query_rows_are_ranges", "ROW_RANGES=False")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=4)
-    args = ap.parse_args()
-    neighborhood_ab(CASES, box_walk, ("row ranges (new)", "box walk (old)"), args.rounds)
-
-
 if __name__ == "__main__":
-    main()
+    neighborhood_ab_cli(__doc__, CASES, box_walk, ("row ranges (new)", "box walk (old)"))

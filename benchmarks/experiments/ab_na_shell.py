@@ -15,11 +15,10 @@ ab_na_shell.log (1-D keeps the masks, SHELL_IN_BOUNDS; results/2026-11-24-h100-s
 """
 from __future__ import annotations
 
-import argparse
 import tarfile
 from pathlib import Path
 
-from rewritten import neighborhood_ab  # noqa: E402 (this folder)
+from rewritten import neighborhood_ab_cli  # noqa: E402 (this folder)
 
 CASES = {"2-D 128x128 k31x31": ((128, 128), (31, 31)), "3-D 16x32x32 k7x15x15": ((16, 32, 32), (7, 15, 15)),
          "1-D 32768 k2047": ((32768,), (2047,))}
@@ -35,12 +34,5 @@ def old_module(old, shape, _name):
     return lambda _source: text.replace(f"na_shell_old_{len(shape)}d", old.ir.name)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=4)
-    args = ap.parse_args()
-    neighborhood_ab(CASES, old_module, ("clamped rows (new)", "masked loads (old)"), args.rounds)
-
-
 if __name__ == "__main__":
-    main()
+    neighborhood_ab_cli(__doc__, CASES, old_module, ("clamped rows (new)", "masked loads (old)"))

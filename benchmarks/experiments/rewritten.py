@@ -95,6 +95,15 @@ def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], ro
               + f" ms (median {sorted(t)[len(t) // 2]:.3f})", flush=True)
 
 
+def neighborhood_ab_cli(doc: str, cases: dict, old_edit: Callable, labels: tuple[str, str]) -> None:
+    """The command line of a two-module neighborhood A/B: ``--rounds N``, then neighborhood_ab."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4)
+    neighborhood_ab(cases, old_edit, labels, ap.parse_args().rounds)
+
+
 def _no_grad(attn, *args, **kwargs):
     import torch
 
