@@ -260,10 +260,13 @@ class NeighborhoodReport:
         out.append(f"KV tiles visited {self.visited_tiles} ({self.full_tiles} full, {self.partial_tiles} partial), "
                    f"{self.visited_tiles / self.query_tiles:.1f} per query tile" if self.query_tiles else
                    f"KV tiles visited {self.visited_tiles}")
-        out.append("walk             " + ("full KV boxes first, without mask code, then the shell with the window test"
-                                      if self.full_boxes_first else
-                                      "every visited KV box with the window test, in one loop (a 2-D/3-D "
-                                      "window's walk is mostly shell)"))
+        if not self.full_boxes_first:
+            walk = "every visited KV box with the window test, in one loop (a 2-D/3-D window's walk is mostly shell)"
+        elif self.partial_tiles:
+            walk = "full KV boxes first, without mask code, then the shell with the window test"
+        else:
+            walk = "full KV boxes only, without mask code (no shell at this shape)"
+        out.append("walk             " + walk)
         out.append(f"masked in visited tiles  {self.masked_fraction:.3f} "
                    f"({self.visited_entries} entries visited, padding included)")
         out.append(f"bound over dense {self.speed_of_light:.2f}x speed of light (1/density), "
