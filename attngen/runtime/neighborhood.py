@@ -135,9 +135,9 @@ class NeighborhoodPlan:
     q_box: tuple[int, int, int]
     kv_box: tuple[int, int, int]
 
-    @property
-    def per_axis(self) -> list[AxisTiles]:
-        return [axis_tiles(a, tm, tn) for a, tm, tn in zip(self.axes, self.q_box, self.kv_box)]
+    @functools.cached_property  # plans are shared (plan() is cached) and asked on every launch
+    def per_axis(self) -> tuple[AxisTiles, ...]:
+        return tuple(axis_tiles(a, tm, tn) for a, tm, tn in zip(self.axes, self.q_box, self.kv_box))
 
     @property
     def programs(self) -> int:
@@ -173,7 +173,7 @@ class NeighborhoodPlan:
         return (all(a.size == 1 for a in lead) and last.dilation == 1
                 and self.q_box[:-1] == (1,) * (RANK - 1) and self.inner_query_boxes)
 
-    @property
+    @functools.cached_property
     def has_partial(self) -> bool:
         """Whether any KV tile needs mask code (False: perfectly block sparse)."""
         return any(t.kv_tiles != t.full_tiles for t in self.per_axis)

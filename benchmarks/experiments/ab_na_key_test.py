@@ -13,10 +13,9 @@ module differs only in its name). Forward+backward, interleaved rounds, H100 bf1
 """
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
-from rewritten import neighborhood_ab_cli  # noqa: E402 (this folder)
+from rewritten import neighborhood_ab_cli, saved_module  # noqa: E402 (this folder)
 
 CASES = {"2-D 128x128 k31x31": ((128, 128), (31, 31)), "3-D 16x32x32 k7x15x15": ((16, 32, 32), (7, 15, 15)),
          "1-D 32768 k2047": ((32768,), (2047,))}
@@ -25,7 +24,7 @@ PREV = (Path(__file__).resolve().parents[1] / "results" / "2026-11-24-h100-sessi
 
 
 def previous_module(old, _shape, _name):
-    text = gzip.decompress(PREV.read_bytes()).decode().replace("na_prev_0", old.ir.name)
+    text = saved_module(PREV, "na_prev_0", old)
     return lambda _source: text
 
 

@@ -21,10 +21,9 @@ B=1 H=16 D=128.
 from __future__ import annotations
 
 import argparse
-import gzip
 from pathlib import Path
 
-from rewritten import neighborhood_ab, replace_once  # noqa: E402 (this folder)
+from rewritten import neighborhood_ab, replace_once, saved_module  # noqa: E402 (this folder)
 
 CASES = {"2-D 128x128 k31x31": ((128, 128), (31, 31)), "3-D 16x32x32 k7x15x15": ((16, 32, 32), (7, 15, 15)),
          "1-D 32768 k2047": ((32768,), (2047,)),
@@ -37,7 +36,7 @@ PREV = (Path(__file__).resolve().parents[1] / "results" / "2026-11-24-h100-sessi
 
 def previous_module(old, _shape, _name):
     """The module generated at 4529135, renamed, its launches passing the constexprs it knows."""
-    text = gzip.decompress(PREV.read_bytes()).decode().replace("na_prev_0", old.ir.name)
+    text = saved_module(PREV, "na_prev_0", old)
     for plan in ("tiles", "q_tiles"):
         text = replace_once(text, f"**{plan}.constexprs(),",
                             f"**{{k: v for k, v in {plan}.constexprs().items() if k != 'FULL_BOXES'}},")

@@ -3,7 +3,9 @@ as a module and make a compiled variant launch it (forward and backward alike), 
 variants in interleaved rounds."""
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import re
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -76,7 +78,7 @@ def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], ro
                    for _ in range(3))
         do = torch.randn_like(q)
         na = ag.neighborhood(kernel, stride=stride[0] if stride else 1)
-        tag = labels[0].split()[0].lower()
+        tag = re.sub(r"\W", "_", labels[0].split()[0].lower())  # part of a variant name
         new = ag.compile(ag.Variant(mask=na, name=f"na_new_{tag}_{len(shape)}d_{case}"))
         old = ag.compile(ag.Variant(mask=na, name=f"na_old_{tag}_{len(shape)}d_{case}"))
         use_rewritten(old, old_edit(old, shape, name))
@@ -93,6 +95,12 @@ def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], ro
     for (name, label, mode), t in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][2])):
         print(f"{name:24s} {mode:7s} {label:20s}: " + " ".join(f"{x:.3f}" for x in t)
               + f" ms (median {sorted(t)[len(t) // 2]:.3f})", flush=True)
+
+
+def saved_module(path: Path, saved_name: str, attn) -> str:
+    """A generated module kept gzipped in results (every neighborhood case's module differs
+    only in its name), renamed to ``attn``'s variant."""
+    return gzip.decompress(path.read_bytes()).decode().replace(saved_name, attn.ir.name)
 
 
 def neighborhood_ab_cli(doc: str, cases: dict, old_edit: Callable, labels: tuple[str, str]) -> None:
