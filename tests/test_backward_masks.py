@@ -77,6 +77,14 @@ def test_tile_list_gradients(name, dtype):
                 **_tensors(name, 2, 63))
 
 
+@pytest.mark.parametrize("name", ["document_causal", "neighborhood_or_first_row"])
+def test_tile_list_gradients_eight_warps(name):
+    """8-warp kernels run masked dK/dV steps in the former issue order (test_backward.py)."""
+    spatial = {"spatial_shape": (7, 9)} if "neighborhood" in name else {}
+    check_grads(TILE_VARIANTS[name], 1, 2, 1, 63, 63, 32, 24, torch.float32, config=ag.KernelConfig(16, 16, 8, 1),
+                **spatial, **_tensors(name, 1, 63))
+
+
 @pytest.mark.parametrize("name", ["document_causal", "stripes_per_head"])
 def test_tile_list_gradients_default_tiles(name):
     check_grads(TILE_VARIANTS[name], 1, 2, 1, 70, 70, 16, 16, torch.float32, **_tensors(name, 1, 70))
@@ -88,6 +96,15 @@ def test_neighborhood_gradients(name, dtype):
     variant, shape = NA_CASES[name]
     L = int(torch.tensor(shape).prod())
     check_grads(variant, 1, 4, 2, L, L, 32, 16, dtype, config=SMALL, spatial_shape=shape)
+
+
+@pytest.mark.parametrize("name", ["1d_k41", "2d_3x5"])
+def test_neighborhood_gradients_eight_warps(name):
+    """8-warp kernels run masked dK/dV steps in the former issue order (test_backward.py)."""
+    variant, shape = NA_CASES[name]
+    L = int(torch.tensor(shape).prod())
+    check_grads(variant, 1, 2, 1, L, L, 32, 16, torch.float32, config=ag.KernelConfig(16, 16, 8, 1),
+                spatial_shape=shape)
 
 
 def test_row_range_walk_is_taken_on_1d_grids_without_dilation():
