@@ -191,22 +191,24 @@ def test_corrupt_record_is_ignored_then_regenerated(cache, causal, garbage):
 
 def test_shipped_h100_defaults_equal_the_heuristic():
     table = records.shipped_table("h100")
-    assert len(table) == 6 * 3 * 3 * 5  # strategy x score kind x dtype x head-dim bucket
+    assert len(table) == 7 * 3 * 3 * 5  # strategy x score kind x dtype x head-dim bucket
     with mock.patch("torch.cuda.get_device_capability", return_value=(9, 0)):
         for cls, config in table.items():
             strategy, kind, dtype, d = cls.split("/")
             masked = strategy not in ("dense", "neighborhood_dense", "neighborhood_sparse")
             neighborhood = strategy.startswith("neighborhood")  # its heuristic ignores the score
             # block-sparse boxes take the halves where a plain score would (neighborhood_class)
-            halves = strategy in ("dense", "band") or (strategy == "neighborhood_sparse" and kind != "mod")
+            halves = strategy in ("dense", "band", "band_causal") or (strategy == "neighborhood_sparse" and kind != "mod")
             want = choose_config(torch.device("cuda"), getattr(torch, dtype), int(d[1:]), int(d[1:]), 4096, 4096,
                                  tile_reads=kind == "reads", masked=masked, halves=halves,
-                                 score_mod=kind == "mod" and not neighborhood)
+                                 score_mod=kind == "mod" and not neighborhood, causal_like=strategy == "band_causal")
             assert config == want, cls
     # the two measured departures from the session-4 table (benchmarks/NOTES.md, session 6)
     assert table["dense/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
     assert table["dense/mod/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
-    assert table["band/plain/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
+    assert table["band/plain/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)  # windows
+    assert table["band_causal/plain/bfloat16/d128"] == KernelConfig(128, 128, 8, 3)  # session 10
+    assert table["band_causal/mod/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
     assert table["neighborhood_sparse/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
     assert table["neighborhood_dense/plain/bfloat16/d128"] == KernelConfig(128, 128, 8, 3)  # 1-D: halves lost
 
@@ -214,13 +216,15 @@ def test_shipped_h100_defaults_equal_the_heuristic():
 def test_lookup_order_record_then_shipped_then_heuristic(cache, causal, monkeypatch):
     p = Problem(1, 2, 2, 1000, 1000, 128, 128, torch.bfloat16, CPU)
     fake_gpu(monkeypatch, H100)
-    assert select_config(causal, p, None) == (KernelConfig(64, 64, 4, 3), "shipped")  # H100 causal D=128
+    assert select_config(causal, p, None) == (KernelConfig(128, 128, 8, 3), "shipped")  # H100 causal D=128
     tuned = KernelConfig(128, 32, 8, 2)
     records.save_record(H100, causal.key, torch.bfloat16, records.shape_bucket(1024, 1024, 128, 128), tuned)
     assert select_config(causal, p, None) == (tuned, "record")
     other_bucket = Problem(1, 2, 2, 2048, 2048, 128, 128, torch.bfloat16, CPU)
     assert select_config(causal, other_bucket, None)[1] == "shipped"
     assert select_config(causal, Problem(1, 2, 2, 1000, 1000, 128, 128, torch.float16, CPU), None)[1] == "shipped"
+    window = ag.compile(ag.Variant(mask=ag.causal() & ag.sliding_window(255), name="tune_window"))
+    assert select_config(window, p, None) == (KernelConfig(64, 64, 4, 3), "shipped")  # a band, not causal-like
     padded = Problem(1, 2, 2, 1000, 1000, 40, 24, torch.bfloat16, CPU)  # Triton 3.6 workaround stays
     assert select_config(causal, padded, None) == (causal.heuristic_config(padded, None), "heuristic")
     fake_gpu(monkeypatch, "h200")  # no record, no shipped file

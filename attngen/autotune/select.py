@@ -20,10 +20,13 @@ def spatial_of(axes) -> tuple[int, ...] | None:
 
 
 def strategy_class(attn, p, axes) -> str:
-    """The kernel's strategy; neighborhoods split as the heuristic splits them."""
-    if attn.ir.strategy != NEIGHBORHOOD:
-        return attn.ir.strategy
-    return f"neighborhood_{attn.neighborhood_class(p, axes)}"
+    """The kernel's strategy; causal-like bands and neighborhoods split as the heuristic
+    splits them."""
+    if attn.ir.strategy == NEIGHBORHOOD:
+        return f"neighborhood_{attn.neighborhood_class(p, axes)}"
+    if attn.ir.causal_like:
+        return "band_causal"
+    return attn.ir.strategy
 
 
 def _padded_dims_bug(p) -> bool:

@@ -85,7 +85,9 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     H100 bf16 measurements behind the choices (benchmarks/NOTES.md, 2026-11-24):
     dense D=128: 128x128, 8 warps, 3 stages 500 TFLOP/s (128x64x8: 477);
     dense D=64: 128x64, 8 warps 434 (128x128x8: 354);
-    causal D=128: 64x64, 4 warps 486 (128x128x8: 465); causal D=64: 64x64x4 370.
+    causal D=64: 64x64x4 370. Causal D=128 (``causal_like``, plain score): 128x128, 8 warps,
+    3 stages 472 against 449 for 64x64 on 4 warps, six interleaved rounds beside cuDNN
+    (NOTES.md, session 10; it had won 7 of 8 rounds in sessions 6-7 and lost 2 of 3 in 4).
     ``sigmoid``: sigmoid attention, dense D=128: 128x64, 8 warps 1.98 ms (128x128x8: 2.11-2.17;
     results in benchmarks/NOTES.md, "Normalizations").
     ``halves``: the kernel has the two-halves forward (dense and band masks). On the H100 at
@@ -118,6 +120,8 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
         wide = 64 < dmax <= 128
         if halves and wide and not score_mod and (not masked or (sigmoid and causal_like)):
             return KernelConfig(256, 64, 8, 4, halves=True)
+        if masked and causal_like and wide and not score_mod and not sigmoid:
+            return KernelConfig(128, 128, 8, 3)
         if masked:
             return KernelConfig(64, 64, 4, 3)
         if score_mod and wide and not sigmoid:
