@@ -6,7 +6,7 @@ stages; the neighborhood's boxes follow from the sizes (runtime/neighborhood.pla
 default is runtime/autograd.backward_config's small pair, (32, 64) / (64, 32), 4 warps, 3 stages.
 Gradients of every pair are checked against the default pair's.
 
-Usage: python ab_backward_tiles.py [--rounds N] [--cases na2d,na3d,window,documents]"""
+Usage: python ab_backward_tiles.py [--rounds N] [--cases na2d,na3d,window,documents,dense,causal] [--pairs w8,...]"""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,10 @@ PAIRS = {
     "64/128 + 128/64 w8 s3": ((64, 128, 8, 3), (128, 64, 8, 3)),
     "32/128 w8 + 64/64 w4 s3": ((32, 128, 8, 3), (64, 64, 4, 3)),
     "16/64 + 64/32 w4 s3": ((16, 64, 4, 3), (64, 32, 4, 3)),
+    # session 10, after the dK/dV issue order changed (ab_issue_order.py): the large pair's neighbours
+    "32/128 w8 + 128/64 w8 s3": ((32, 128, 8, 3), (128, 64, 8, 3)),
+    "64/128 w8 s4 + 128/64 w8 s3": ((64, 128, 8, 4), (128, 64, 8, 3)),
+    "64/128 w8 + 128/32 w8 s3": ((64, 128, 8, 3), (128, 32, 8, 3)),
 }
 
 
@@ -41,6 +45,8 @@ def cases():
                  {"spatial_shape": (16, 32, 32)}),
         "window": (ag.Variant(mask=ag.sliding_window(1023)), 2, 16, 8192, {}),
         "documents": (ag.Variant(mask=ag.causal() & ag.document()), 2, 16, 8192, {"document_ids": docs}),
+        "dense": (ag.Variant(), 2, 16, 8192, {}),
+        "causal": (ag.Variant(mask=ag.causal()), 2, 16, 8192, {}),
     }
 
 
@@ -48,6 +54,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default="na2d,na3d,window,documents")
+    ap.add_argument("--pairs", default="", help="comma-separated substrings: only pairs whose label holds one "
+                    "(the default pair always runs)")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
     default_fn = ag_autograd.backward_config
@@ -64,7 +72,10 @@ def main() -> None:
 
         ref = step()
         times: dict[str, list[float]] = {}
+        wanted = [w for w in args.pairs.split(",") if w]
         for label, pair in PAIRS.items():
+            if wanted and pair is not None and not any(w in label for w in wanted):
+                continue
             ag_autograd.backward_config = default_fn if pair is None else (
                 lambda device, forward, small, pair=pair: (C(pair[0][0], pair[0][1], *pair[0][2:]),
                                                            C(pair[1][0], pair[1][1], *pair[1][2:])))
