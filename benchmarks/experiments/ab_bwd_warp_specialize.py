@@ -96,7 +96,13 @@ def tma_dkdv(source: str) -> str:
                             f"do_base = tl.make_tensor_descriptor(DO, shape=[{rows}, DV], strides=[stride_dom, 1], "
                             "block_shape=[BLOCK_M, BLOCK_DV])")
 
-    return _edit_section(_edit_section(source, step, edit_step), kernel, edit_kernel)
+    source = _edit_section(_edit_section(source, step, edit_step), kernel, edit_kernel)
+    # descriptors made on the device need a scratch allocation; the allocator is a context
+    # variable, and autograd runs the backward on its own thread, so set it where it launches
+    launcher = "def launch_backward(q, k, v, out, lse, dout, dlse, sm_scale, tensors, grads, config, tiles):\n"
+    return replace_once(source, launcher, launcher + "    triton.set_allocator(_scratch)\n").replace(
+        "\ndef launch_backward(", "\ndef _scratch(size, align, stream):\n"
+        "    return torch.empty(size, dtype=torch.int8, device='cuda')\n\n\ndef launch_backward(", 1)
 
 
 EDITS = {
@@ -128,8 +134,6 @@ def main() -> None:
     ap.add_argument("--edits", default=",".join(EDITS))
     args = ap.parse_args()
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
-    # tensor descriptors made on the device need a global scratch allocation
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     all_cases = cases()
     runs, flops = {}, {}
     for n, name in enumerate(args.cases.split(",")):
