@@ -1,19 +1,26 @@
 """A/B: where the packed-document backward loses to its causal equivalent.
 
-    PYTHONPATH=.:benchmarks python benchmarks/experiments/ab_documents_backward.py [--rounds N]
+    PYTHONPATH=.:benchmarks python benchmarks/experiments/ab_documents_backward.py [--rounds N] [--edits a,b]
 
 Packed causal documents (B=2 H=16 L=8192 D=128, 4 x 2048) do the work of causal attention on
 B=8 sequences of 2048. Under ncu (session 11, ncu_dkdv.py docs|causal2k) the documents' dK/dV
 pass took 946 us against 756 and executed 16% more instructions (164M against 141M); dQ 557
 against 507 us, 18% more. Both take the same tiles (dK/dV: 128 keys, 64-query steps; dQ: 128
-queries, 64-key steps; 8 warps) and the same number of masked steps. Two differences remain:
-  - the masked steps' document test reads both sides' document ids in every step (the
-    forward reads its rows' ids once per program);
-  - the tile-run walks have three loops (partial, full, partial) where the causal band has
-    two, and for documents aligned to the tiles one of them never runs.
-Variants of the generated module (rewritten.py; both edits valid only for documents aligned to
-the tiles, as here), backward alone of one retained forward, interleaved rounds, gradients
-compared with the generated module's; the causal equivalent and Flex alongside.
+queries, 64-key steps; 8 warps) and the same number of masked steps.
+
+The first round of this A/B (ab_documents_backward.log) found the document test in the masked
+steps worth 2%. Then the SASS (dump_dkdv_asm.py, wgmma_serialization.py): ptxas serializes every
+wgmma of the documents' dK/dV kernel (C7515: "non wgmma instructions defining accumulator
+registers of a wgmma between start and end of the pipeline stage"), and of no other generated
+kernel. The documents' dK/dV walk has three loops (partial, full, partial query tiles) where
+the causal band has two (partial, full). The edits:
+  causal test only   masked steps test causality only (valid for documents aligned to the tiles)
+  one masked loop    the two partial ranges of each run walked by one loop, before the full
+                     ones (as the 1-D neighborhood's shell): two loops, as the causal band
+  masked early       masked steps issue dP before their elementwise work, as unmasked ones do
+Backward alone of one retained forward, interleaved rounds, gradients compared with the
+generated module's; HGMMA and wgmma waits counted in each dK/dV kernel's SASS; the causal
+equivalent and Flex alongside.
 """
 from __future__ import annotations
 
@@ -38,20 +45,6 @@ def causal_test_only(source: str) -> str:
     return new
 
 
-def _drop_loop(source: str, header: str) -> str:
-    """``source`` without the loop that starts with the line ``header`` (its body: the lines
-    indented deeper than it)."""
-    lines = source.split("\n")
-    starts = [i for i, line in enumerate(lines) if line.strip() == header]
-    assert len(starts) == 1, header
-    i = starts[0]
-    indent = len(lines[i]) - len(lines[i].lstrip())
-    j = i + 1
-    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
-        j += 1
-    return "\n".join(lines[:i] + lines[j:])
-
-
 def _in_kernel(source: str, suffix: str, edit) -> str:
     """``source`` with ``edit`` applied to the text of the @triton.jit function named *``suffix``."""
     start = source.index("\ndef " + re.search(rf"\ndef (\w+{suffix})\(", source).group(1) + "(")
@@ -60,26 +53,79 @@ def _in_kernel(source: str, suffix: str, edit) -> str:
     return source[:start] + edit(source[start:end]) + source[end:]
 
 
-def no_empty_loops(source: str) -> str:
-    """Without the run walks' loops that aligned documents never enter: the trailing partial
-    query tiles of dK/dV and the leading partial KV tiles of dQ."""
-    source = _in_kernel(source, "_bwd_dkdv", lambda s: _drop_loop(
-        s, "for start_m in range(full_hi, tl.load(runs + 3) * BLOCK_M, BLOCK_M):"))
-    return _in_kernel(source, "_bwd_dq", lambda s: _drop_loop(
-        s, "for start_n in range(tl.load(runs) * BLOCK_N, full_lo, BLOCK_N):"))
+def _loop(text: str, header: str) -> tuple[int, int]:
+    """Line range [start, end) of the loop whose first line is ``header`` in ``text``."""
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.strip() == header]
+    assert len(starts) == 1, header
+    i = starts[0]
+    indent = len(lines[i]) - len(lines[i].lstrip())
+    j = i + 1
+    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+        j += 1
+    return i, j
+
+
+def one_masked_loop(source: str) -> str:
+    """The dK/dV run walk's two partial ranges as one loop (a jump over the full tiles), ahead
+    of the full tiles' loop."""
+    lead = "for start_m in range(tl.load(runs) * BLOCK_M, full_lo, BLOCK_M):"
+    trail = "for start_m in range(full_hi, tl.load(runs + 3) * BLOCK_M, BLOCK_M):"
+
+    def edit(text: str) -> str:
+        lines = text.split("\n")
+        a, b = _loop(text, lead)
+        c, d = _loop(text, trail)
+        pad = lines[a][: len(lines[a]) - len(lines[a].lstrip())]
+        body = [line.replace("offs_m = start_m + offs_m_tile",
+                             "offs_m = lo + i + tl.where(i < n_lead, 0, full_hi - full_lo) + offs_m_tile")
+                for line in lines[a + 1:b]]
+        merged = [pad + "lo = tl.load(runs) * BLOCK_M", pad + "n_lead = full_lo - lo",
+                  pad + "for i in range(0, n_lead + tl.load(runs + 3) * BLOCK_M - full_hi, BLOCK_M):", *body]
+        return "\n".join(lines[:a] + merged + lines[b:c] + lines[d:])
+
+    return _in_kernel(source, "_bwd_dkdv", edit)
+
+
+def masked_early(source: str) -> str:
+    return replace_once(source, "masked_issue_early = kv_cfg.num_warps < 8", "masked_issue_early = True")
 
 
 EDITS = {
     "generated": None,
     "causal test only": causal_test_only,
-    "no empty loops": no_empty_loops,
-    "both": lambda s: no_empty_loops(causal_test_only(s)),
+    "one masked loop": one_masked_loop,
+    "masked early": masked_early,
+    "one loop + causal test": lambda s: one_masked_loop(causal_test_only(s)),
 }
+
+
+def wgmma_counts(attn) -> str:
+    """HGMMA instructions and wgmma waits in the SASS of ``attn``'s compiled dK/dV kernel."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    for name in dir(attn._module):
+        fn = getattr(attn._module, name)
+        if not name.endswith("_bwd_dkdv") or not hasattr(fn, "device_caches"):
+            continue
+        for caches in fn.device_caches.values():
+            for kernel in caches[0].values():
+                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                    f.write(kernel.asm["cubin"])
+                    f.flush()
+                    exe = shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump"
+                    sass = subprocess.run([exe, "-sass", f.name], capture_output=True, text=True).stdout
+                return (f"HGMMA {len(re.findall(r'HGMMA[.]', sass))}, waits {len(re.findall(r'WARPGROUP[.]DEPBAR', sass))}, "
+                        f"{kernel.n_regs} registers, {kernel.n_spills} spills")
+    return "no dK/dV kernel"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--edits", default=",".join(EDITS))
     args = ap.parse_args()
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
     L = DOCS * DOC_LEN
@@ -89,7 +135,8 @@ def main() -> None:
     qc, kc, vc, doc_ = (t.detach().reshape(8, H, DOC_LEN, D).contiguous().requires_grad_() for t in (q, k, v, do))
     runs = {}
     ref = None
-    for label, edit in EDITS.items():
+    for label in args.edits.split(","):
+        edit = EDITS[label]
         name = "docs_" + re.sub(r"\W", "_", label)
         attn = ag.compile(ag.Variant(mask=ag.causal() & ag.document(), name=name))
         if edit is not None:
@@ -101,6 +148,7 @@ def main() -> None:
         else:
             err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, ref))
             print(f"{label}: gradients vs generated, max rel err {err:.1e}", flush=True)
+        print(f"{label}: dK/dV {wgmma_counts(attn)}", flush=True)
         runs[label] = lambda out=out: torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
     causal = ag.compile(ag.Variant(mask=ag.causal()))
     out_c = causal(qc, kc, vc)
