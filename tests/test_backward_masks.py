@@ -32,6 +32,20 @@ def _late_rows_only(b, h, q_idx, kv_idx):
     return q_idx >= 20  # rows 0..19 attend nothing
 
 
+@ag.mask_mod
+def _per_head_rows_and_keys(b, h, q_idx, kv_idx, rows_on, keys_on):
+    # reads of one side each: the dQ program's rows (one head) are read once per program; the
+    # dK/dV program walks the query heads of its GQA group, so a head-dependent key read stays
+    # in its step
+    return (rows_on[h, q_idx] != 0) & (keys_on[h, kv_idx] != 0) & (q_idx >= kv_idx)
+
+
+@ag.mask_mod
+def _document_pairs(b, h, q_idx, kv_idx, doc, pairs):
+    # a read nested in a read of both sides: doc[b, kv_idx] alone is the dK/dV program's
+    return pairs[doc[b, q_idx], doc[b, kv_idx]] != 0
+
+
 @ag.score_mod
 def _softcap(score, b, h, q_idx, kv_idx):
     return 5.0 * torch.tanh(score / 5.0)
@@ -41,6 +55,8 @@ TILE_VARIANTS = {
     "document_causal": ag.Variant(mask=ag.causal() & _same_doc),
     "document_softcap": ag.Variant(mask=_same_doc, score=_softcap),
     "stripes_per_head": ag.Variant(mask=_stripes),
+    "per_head_rows_and_keys": ag.Variant(mask=_per_head_rows_and_keys),
+    "document_pairs": ag.Variant(mask=_document_pairs),
     "neighborhood_or_first_row": ag.Variant(mask=ag.neighborhood((3, 3)) | ag.sliding_window(0, 3)),
 }
 NA_CASES = {  # name: (variant, spatial shape)
@@ -65,7 +81,12 @@ WIDE_2D_CASES = {  # windows wider than the 4x4 boxes, so inner query boxes exis
 }
 
 
-def _tensors(name, B, L):
+def _tensors(name, B, L, H=4):
+    g = torch.Generator().manual_seed(L)
+    if name == "per_head_rows_and_keys":
+        return {n: (torch.rand(H, L, generator=g) < 0.8).to(DEVICE, torch.int32) for n in ("rows_on", "keys_on")}
+    if name == "document_pairs":
+        return {"doc": doc_ids(B, L, 3), "pairs": (torch.rand(3, 3, generator=g) < 0.6).to(DEVICE, torch.int32)}
     return {"doc": doc_ids(B, L, 3)} if name.startswith("document") else {}
 
 

@@ -255,6 +255,36 @@ def _tensor_grads(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, Tenso
     return [g for name in sorted(grads) if name not in failed for g in grads[name]], deriv_reads
 
 
+# Symbols that change inside each backward pass's loop. A dK/dV program owns a KV tile and walks
+# query tiles, and the query heads of its GQA group; a dQ program owns a query tile (one head)
+# and walks KV tiles.
+DKDV_LOOP_SYMBOLS = frozenset({Q_IDX, H, QK})
+DQ_LOOP_SYMBOLS = frozenset({KV_IDX, QK})
+
+
+def _program_reads(pred: sympy.Basic | None, printer: TritonPrinter, prefix: str,
+                   loop_symbols: frozenset) -> tuple[list[Statement], sympy.Basic | None]:
+    """The mask's tensor reads that do not change along one backward program's loop, as
+    statements its kernel runs once (named ``prefix`` + i), and the mask over them.
+
+    The masked steps of packed documents read both sides' document ids; the dK/dV program's
+    keys are fixed, so their ids are one read per program instead of one per step. Fewer
+    registers in the step also kept ptxas from serializing the pass's matrix products
+    (benchmarks/NOTES.md, session 11)."""
+    if pred is None:
+        return [], None
+    reads = sorted({r for r in pred.atoms(sympy.Indexed) if not r.free_symbols & loop_symbols},
+                   key=sympy.default_sort_key)
+    subs = {r: sympy.Symbol(f"{prefix}{i}", real=True) for i, r in enumerate(reads)}
+    pred = pred.xreplace(subs)
+    statements = []
+    for read, sym in subs.items():
+        if sym in pred.free_symbols:  # not a read nested in another hoisted one
+            printer.names[sym] = str(sym)
+            statements.append(Statement(str(sym), printer.define(sym, read)))
+    return statements, pred
+
+
 def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, TensorArgs]) -> dict:
     """The backward kernels' expressions: the score in log2 units (as the forward), its
     derivative with respect to the raw score (sympy.diff of the score_mod, evaluated at
@@ -266,6 +296,8 @@ def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, Te
     if ir.score is not None:
         dscore = sympy.diff(ir.score, SCORE).xreplace({SCORE: QK * SM_SCALE})
     pred = _expand_temps(ir, ir.tile_pred) if ir.tile_pred is not None else None
+    kv_reads, kv_pred = _program_reads(pred, printer, "kv_read", DKDV_LOOP_SYMBOLS)
+    q_reads, q_pred = _program_reads(pred, printer, "q_read", DQ_LOOP_SYMBOLS)
     grads, deriv_reads = _tensor_grads(ir, printer, tensors)
     exprs = [score, dscore] + ([pred] if pred is not None else [])
     read_names = set(_reads(exprs)) | deriv_reads
@@ -277,6 +309,12 @@ def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, Te
         "score_is_tile": QK in score.free_symbols,
         "dscore_code": None if dscore == 1 else printer.code(dscore),
         "mask_code": printer.code(pred) if pred is not None else None,
+        # the mask as each pass's masked step computes it, over the reads its program makes
+        # once (``kv_reads`` in the dK/dV kernel, ``q_reads`` in the dQ kernel)
+        "kv_mask_code": printer.code(kv_pred) if kv_pred is not None else None,
+        "q_mask_code": printer.code(q_pred) if q_pred is not None else None,
+        "kv_reads": kv_reads,
+        "q_reads": q_reads,
         "tensors": [tensors[n] for n in sorted(read_names)],
         "grads": grads,
         "grad_tensors": [tensors[n] for n in grad_tensors],
