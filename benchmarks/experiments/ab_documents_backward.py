@@ -40,9 +40,12 @@ H, D, DOCS, DOC_LEN = 16, 128, 4, 2048
 def causal_test_only(source: str) -> str:
     """Masked steps of both backward passes test causality only (the diagonal tiles of
     documents aligned to the tiles lie inside one document)."""
-    new, n = re.subn(r"keep = keep & \(.*\(kv_idx - q_idx <= 0\).*\n", "keep = keep & (kv_idx - q_idx <= 0)\n", source)
-    assert n == 2, n
-    return new
+    def edit(text: str) -> str:
+        new, n = re.subn(r"keep = keep & \(.*\(kv_idx - q_idx <= 0\).*\n", "keep = keep & (kv_idx - q_idx <= 0)\n", text)
+        assert n == 1, n
+        return new
+
+    return _in_kernel(_in_kernel(source, "_bwd_dkdv_step", edit), "_bwd_dq_step", edit)
 
 
 def _in_kernel(source: str, suffix: str, edit) -> str:
