@@ -90,6 +90,17 @@ def one_masked_loop(source: str) -> str:
     return _in_kernel(source, "_bwd_dkdv", edit)
 
 
+def reads_as_vectors(source: str) -> str:
+    """The masked steps' per-step document-id read as a vector over the step's rows (dK/dV:
+    queries; dQ: keys), broadcast as lse and delta are, instead of a gather through one pointer
+    per element of the tile's broadcast layout."""
+    read = "_read(document_ids_ptr + off_b * document_ids_stride0 + {} * document_ids_stride1, DOCUMENT_IDS_AS_F32)"
+    source = _in_kernel(source, "_bwd_dkdv_step", lambda s: replace_once(
+        s, read.format("q_idx"), read.format("tl.minimum(offs_m, Lq - 1)") + "[None, :]"))
+    return _in_kernel(source, "_bwd_dq_step", lambda s: replace_once(
+        s, read.format("kv_idx"), read.format("tl.minimum(offs_n, Lkv - 1)") + "[None, :]"))
+
+
 def masked_early(source: str) -> str:
     return replace_once(source, "masked_issue_early = kv_cfg.num_warps < 8", "masked_issue_early = True")
 
@@ -100,6 +111,8 @@ EDITS = {
     "one masked loop": one_masked_loop,
     "masked early": masked_early,
     "one loop + causal test": lambda s: one_masked_loop(causal_test_only(s)),
+    # after the two-loop walk and the per-program reads landed (9a9eacd)
+    "reads as vectors": reads_as_vectors,
 }
 
 
