@@ -101,6 +101,19 @@ def reads_as_vectors(source: str) -> str:
         s, read.format("kv_idx"), read.format("tl.minimum(offs_n, Lkv - 1)") + "[None, :]"))
 
 
+def ids_as_int32(source: str) -> str:
+    """Document ids held as int32 in the backward passes (the experiment's ids are small; the
+    int64 ids take two registers per element of the broadcast tiles)."""
+    read = "_read(document_ids_ptr + off_b * document_ids_stride0 + {} * document_ids_stride1, DOCUMENT_IDS_AS_F32)"
+    for kernel in ("_bwd_dkdv_step", "_bwd_dq_step", "_bwd_dkdv", "_bwd_dq"):
+        def edit(text: str) -> str:
+            for idx in ("q_idx", "kv_idx"):
+                text = text.replace(read.format(idx), read.format(idx) + ".to(tl.int32)")
+            return text
+        source = _in_kernel(source, kernel, edit)
+    return source
+
+
 def masked_early(source: str) -> str:
     return replace_once(source, "masked_issue_early = kv_cfg.num_warps < 8", "masked_issue_early = True")
 
@@ -113,6 +126,7 @@ EDITS = {
     "one loop + causal test": lambda s: one_masked_loop(causal_test_only(s)),
     # after the two-loop walk and the per-program reads landed (9a9eacd)
     "reads as vectors": reads_as_vectors,
+    "ids as int32": ids_as_int32,
 }
 
 
