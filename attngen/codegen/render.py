@@ -268,9 +268,9 @@ def _program_reads(pred: sympy.Basic | None, printer: TritonPrinter, prefix: str
     statements its kernel runs once (named ``prefix`` + i), and the mask over them.
 
     The masked steps of packed documents read both sides' document ids; the dK/dV program's
-    keys are fixed, so their ids are one read per program instead of one per step. Fewer
-    registers in the step also kept ptxas from serializing the pass's matrix products
-    (benchmarks/NOTES.md, session 11)."""
+    keys are fixed, so their ids are one read per program instead of one per step. On the
+    H100 that measured even (benchmarks/NOTES.md, session 11): the step's registers go to the
+    comparison itself. It keeps each step's loads to the side that changes."""
     if pred is None:
         return [], None
     reads = sorted({r for r in pred.atoms(sympy.Indexed) if not r.free_symbols & loop_symbols},
