@@ -2,7 +2,7 @@
 ``ncu --profile-from-start off -k regex:bwd_dkdv``: the dK/dV pass of the 1-D neighborhood
 (B=1 H=16 L=32768 D=128, kernel 2047), of causal attention (B=2 H=16 L=8192), of packed causal
 documents (B=2 H=16 L=8192, 4 x 2048), of their causal equivalent
-(B=8 H=16 L=2048) or of the 2-D neighborhood (128x128, kernel 31x31) (B=8 H=16 L=2048), bf16.
+(B=8 H=16 L=2048) or of the 2-D neighborhood (B=1 H=16 128x128, kernel 31x31), bf16.
 Prints the registers and spills of the backward kernels.
 
     PYTHONPATH=. ncu --profile-from-start off -k regex:bwd_dkdv --section ... python3 ncu_dkdv.py na1d|na2d|causal|docs|causal2k
