@@ -113,3 +113,18 @@ def test_runs_follow_an_in_place_update():
     docs.copy_(((torch.arange(96, device=DEVICE) // 16) % 2).expand(1, 96))  # interleaved: gaps
     check(attn, 1, 2, 2, 96, 96, 32, 32, torch.float32, config=SMALL, document_ids=docs)
     assert not _walk(attn)[-1]
+
+
+def test_dkdv_walks_partial_tiles_on_both_sides_of_a_run():
+    """The dK/dV pass walks a run's partial query tiles before and after its full ones in one
+    loop that jumps over the full ones: documents ending inside a tile give KV tiles with
+    both (key tile 0 here: the diagonal tile, full tiles, then the tile where document 0 ends)."""
+    attn = ag.compile(ag.Variant(mask=ag.document() & ag.causal()))
+    ids = torch.repeat_interleave(torch.tensor([0, 1, 2]), torch.tensor([40, 30, 20]))
+    bound = {"document_ids": ids.expand(2, -1).contiguous().to(DEVICE)}
+    check_grads(attn, 2, 2, 2, 90, 90, 32, 32, torch.float32, config=SMALL, **bound)
+    if DEVICE == "cpu":  # (on a GPU the backward takes its own, wider tiles)
+        transposed = [lists._transposed for _, lists in attn._tiles._entries.values()
+                      if lists._transposed is not None]
+        runs = transposed[0].runs[0, 0]
+        assert runs[0].tolist() == [0, 1, 2, 3]  # partial, full, partial
