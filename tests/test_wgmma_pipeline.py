@@ -47,8 +47,13 @@ def _alibi(score, b, h, q_idx, kv_idx, slopes):
     return score - slopes[h] * abs(q_idx - kv_idx)
 
 
+CASES = ("dense", "causal", "window", "documents", "documents_ragged", "alibi", "softcap", "sigmoid", "na2d",
+         "na3d", "gna2d", "na1d")
+
+
 def _cases() -> dict:
-    """name: (variant, B, H, L, call kwargs); tile-aligned lengths, as the benchmarks'."""
+    """name: (variant, B, H, L, call kwargs); tile-aligned lengths, as the benchmarks'. Built
+    in the test: the tensors live on the GPU."""
     aligned = torch.repeat_interleave(torch.arange(4), 512)[None].expand(2, -1).contiguous().cuda()
     ragged = torch.repeat_interleave(torch.arange(3), torch.tensor([700, 900, 448]))[None].expand(2, -1)
     return {
@@ -88,9 +93,11 @@ def _hgmma_and_waits(cubin: bytes) -> tuple[int, int]:
     return len(re.findall(r"\bHGMMA\.", sass)), len(re.findall(r"WARPGROUP\.DEPBAR", sass))
 
 
-@pytest.mark.parametrize("name", list(_cases()))
+@pytest.mark.parametrize("name", CASES)
 def test_matrix_products_stay_pipelined(name):
-    variant, B, H, L, kwargs = _cases()[name]
+    cases = _cases()
+    assert set(cases) == set(CASES)
+    variant, B, H, L, kwargs = cases[name]
     attn = ag.compile(variant)
     q, k, v = (torch.randn(B, H, L, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     torch.autograd.grad(attn(q, k, v, **kwargs), (q, k, v), torch.randn_like(q))
