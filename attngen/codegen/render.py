@@ -79,6 +79,14 @@ def _reads(exprs: list[sympy.Basic]) -> list[str]:
     return sorted({str(r.base.label) for e in exprs for r in e.atoms(sympy.Indexed)})
 
 
+def _invariant_reads(exprs: list[sympy.Basic], loop_symbols: frozenset | set, prefix: str) -> dict:
+    """Each tensor read in ``exprs`` whose index uses none of ``loop_symbols`` (so a loop over
+    them can read it once, before it starts), mapped to a new symbol ``prefix`` + i."""
+    reads = sorted({r for e in exprs for r in e.atoms(sympy.Indexed) if not r.free_symbols & loop_symbols},
+                   key=sympy.default_sort_key)
+    return {r: sympy.Symbol(f"{prefix}{i}", real=True) for i, r in enumerate(reads)}
+
+
 def _hoist_reads(ir: KernelIR) -> tuple[list[tuple[sympy.Symbol, sympy.Basic]], sympy.Basic, sympy.Basic | None]:
     """Give every tensor read that does not depend on the KV position a per-row temporary.
 
@@ -86,9 +94,7 @@ def _hoist_reads(ir: KernelIR) -> tuple[list[tuple[sympy.Symbol, sympy.Basic]], 
     the score and the partial-tile predicate rewritten over them.
     """
     exprs = [e for _, e in ir.temps] + [ir.score_log2] + ([ir.tile_pred] if ir.tile_pred is not None else [])
-    reads = sorted({r for e in exprs for r in e.atoms(sympy.Indexed) if not r.free_symbols & PER_KV_TILE},
-                   key=sympy.default_sort_key)
-    subs = {r: sympy.Symbol(f"row{i}", real=True) for i, r in enumerate(reads)}
+    subs = _invariant_reads(exprs, PER_KV_TILE, "row")
     hoisted = [(s, r) for r, s in subs.items()]
     temps = [(s, e.xreplace(subs)) for s, e in ir.temps]
     score = ir.score_log2.xreplace(subs)
@@ -273,9 +279,7 @@ def _program_reads(pred: sympy.Basic | None, printer: TritonPrinter, prefix: str
     comparison itself. It keeps each step's loads to the side that changes."""
     if pred is None:
         return [], None
-    reads = sorted({r for r in pred.atoms(sympy.Indexed) if not r.free_symbols & loop_symbols},
-                   key=sympy.default_sort_key)
-    subs = {r: sympy.Symbol(f"{prefix}{i}", real=True) for i, r in enumerate(reads)}
+    subs = _invariant_reads([pred], loop_symbols, prefix)
     pred = pred.xreplace(subs)
     statements = []
     for read, sym in subs.items():

@@ -29,29 +29,12 @@ import torch
 import triton
 
 import attngen as ag
-from rewritten import interleaved_ms, replace_once, use_rewritten  # noqa: E402 (this folder)
-
-
-def _section(source: str, kernel: str) -> tuple[int, int]:
-    """Start and end offsets of the @triton.jit function ``kernel`` in ``source``."""
-    start = source.index(f"\ndef {kernel}(")
-    end = source.find("\n@triton.jit", start + 1)
-    return start, (len(source) if end < 0 else end)
-
-
-def _edit_section(source: str, kernel: str, edit) -> str:
-    start, end = _section(source, kernel)
-    return source[:start] + edit(source[start:end]) + source[end:]
-
-
-def _kernel_name(source: str, suffix: str) -> str:
-    return re.search(rf"\ndef (\w+{suffix})\(", source).group(1)
+from rewritten import edit_kernel, interleaved_ms, replace_once, use_rewritten  # noqa: E402 (this folder)
 
 
 def one_head(source: str) -> str:
     """The dK/dV pass's loop over the query heads of a GQA group, for one head only."""
-    kernel = _kernel_name(source, "_bwd_dkdv")
-    return _edit_section(source, kernel, lambda s: replace_once(
+    return edit_kernel(source, "_bwd_dkdv", lambda s: replace_once(
         s, "for g in range(0, GROUP):", "for g in tl.static_range(0, 1):"))
 
 
@@ -63,19 +46,17 @@ def _ws_loops(text: str, var: str) -> str:
 
 def ws_dkdv(source: str) -> str:
     source = one_head(source)
-    return _edit_section(source, _kernel_name(source, "_bwd_dkdv"), lambda s: _ws_loops(s, "start_m"))
+    return edit_kernel(source, "_bwd_dkdv", lambda s: _ws_loops(s, "start_m"))
 
 
 def ws_dq(source: str) -> str:
-    return _edit_section(source, _kernel_name(source, "_bwd_dq"), lambda s: _ws_loops(s, "start_n"))
+    return edit_kernel(source, "_bwd_dq", lambda s: _ws_loops(s, "start_n"))
 
 
 def tma_dkdv(source: str) -> str:
     """Q and dO of the dK/dV step through 2-D tensor descriptors over (B*H*L, D) (valid for
     contiguous (B, H, L, D) inputs whose query tiles are whole: EVEN_M)."""
     source = one_head(source)
-    step = _kernel_name(source, "_bwd_dkdv_step")
-    kernel = _kernel_name(source, "_bwd_dkdv")
 
     def edit_step(s: str) -> str:
         s = replace_once(s, "q_base, do_base, offs_m, row_ok, l_base, Lse2, Delta,",
@@ -85,7 +66,7 @@ def tma_dkdv(source: str) -> str:
         return replace_once(s, "do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod)\n",
                             "do = do_base.load([start_row, 0])\n")
 
-    def edit_kernel(s: str) -> str:
+    def edit_launch_kernel(s: str) -> str:
         s = s.replace("offs_m, offs_m < Lq, l_base, Lse2, Delta,",
                       "offs_m, offs_m < Lq, l_base, Lse2, Delta, (l_base + start_m).to(tl.int32),")
         rows = "tl.num_programs(1) // HKV * HQ * Lq"
@@ -96,7 +77,7 @@ def tma_dkdv(source: str) -> str:
                             f"do_base = tl.make_tensor_descriptor(DO, shape=[{rows}, DV], strides=[stride_dom, 1], "
                             "block_shape=[BLOCK_M, BLOCK_DV])")
 
-    source = _edit_section(_edit_section(source, step, edit_step), kernel, edit_kernel)
+    source = edit_kernel(edit_kernel(source, "_bwd_dkdv_step", edit_step), "_bwd_dkdv", edit_launch_kernel)
     # descriptors made on the device need a scratch allocation; the allocator is a context
     # variable, and autograd runs the backward on its own thread, so set it where it launches
     launcher = "def launch_backward(q, k, v, out, lse, dout, dlse, sm_scale, tensors, grads, config, tiles):\n"
@@ -111,8 +92,7 @@ EDITS = {
     "ws dK/dV": ws_dkdv,
     "ws dQ": ws_dq,
     "tma dK/dV": tma_dkdv,
-    "tma+ws dK/dV": lambda s: _edit_section(tma_dkdv(s), _kernel_name(s, "_bwd_dkdv"),
-                                            lambda t: _ws_loops(t, "start_m")),
+    "tma+ws dK/dV": lambda s: edit_kernel(tma_dkdv(s), "_bwd_dkdv", lambda t: _ws_loops(t, "start_m")),
 }
 
 

@@ -32,7 +32,7 @@ import triton
 
 import attngen as ag
 from bench_common import compiled_flex, flex_block_mask  # noqa: E402 (benchmarks/ on sys.path)
-from rewritten import interleaved_ms, replace_once, use_rewritten  # noqa: E402 (this folder)
+from rewritten import edit_kernel, interleaved_ms, replace_once, use_rewritten  # noqa: E402 (this folder)
 
 H, D, DOCS, DOC_LEN = 16, 128, 4, 2048
 
@@ -45,15 +45,7 @@ def causal_test_only(source: str) -> str:
         assert n == 1, n
         return new
 
-    return _in_kernel(_in_kernel(source, "_bwd_dkdv_step", edit), "_bwd_dq_step", edit)
-
-
-def _in_kernel(source: str, suffix: str, edit) -> str:
-    """``source`` with ``edit`` applied to the text of the @triton.jit function named *``suffix``."""
-    start = source.index("\ndef " + re.search(rf"\ndef (\w+{suffix})\(", source).group(1) + "(")
-    end = source.find("\n@triton.jit", start + 1)
-    end = len(source) if end < 0 else end
-    return source[:start] + edit(source[start:end]) + source[end:]
+    return edit_kernel(edit_kernel(source, "_bwd_dkdv_step", edit), "_bwd_dq_step", edit)
 
 
 def _loop(text: str, header: str) -> tuple[int, int]:
@@ -87,7 +79,7 @@ def one_masked_loop(source: str) -> str:
                   pad + "for i in range(0, n_lead + tl.load(runs + 3) * BLOCK_M - full_hi, BLOCK_M):", *body]
         return "\n".join(lines[:a] + merged + lines[b:c] + lines[d:])
 
-    return _in_kernel(source, "_bwd_dkdv", edit)
+    return edit_kernel(source, "_bwd_dkdv", edit)
 
 
 def reads_as_vectors(source: str) -> str:
@@ -95,9 +87,9 @@ def reads_as_vectors(source: str) -> str:
     queries; dQ: keys), broadcast as lse and delta are, instead of a gather through one pointer
     per element of the tile's broadcast layout."""
     read = "_read(document_ids_ptr + off_b * document_ids_stride0 + {} * document_ids_stride1, DOCUMENT_IDS_AS_F32)"
-    source = _in_kernel(source, "_bwd_dkdv_step", lambda s: replace_once(
+    source = edit_kernel(source, "_bwd_dkdv_step", lambda s: replace_once(
         s, read.format("q_idx"), read.format("tl.minimum(offs_m, Lq - 1)") + "[None, :]"))
-    return _in_kernel(source, "_bwd_dq_step", lambda s: replace_once(
+    return edit_kernel(source, "_bwd_dq_step", lambda s: replace_once(
         s, read.format("kv_idx"), read.format("tl.minimum(offs_n, Lkv - 1)") + "[None, :]"))
 
 
@@ -110,7 +102,7 @@ def ids_as_int32(source: str) -> str:
             for idx in ("q_idx", "kv_idx"):
                 text = text.replace(read.format(idx), read.format(idx) + ".to(tl.int32)")
             return text
-        source = _in_kernel(source, kernel, edit)
+        source = edit_kernel(source, kernel, edit)
     return source
 
 

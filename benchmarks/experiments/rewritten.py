@@ -31,6 +31,16 @@ def replace_once(source: str, old: str, new: str) -> str:
     return source.replace(old, new)
 
 
+def edit_kernel(source: str, suffix: str, edit: Callable[[str], str]) -> str:
+    """``source`` with ``edit`` applied to the text of the one @triton.jit function whose name
+    ends with ``suffix`` (``_bwd_dkdv``, ``_bwd_dq_step``, ...)."""
+    name = re.search(rf"\ndef (\w+{suffix})\(", source).group(1)
+    start = source.index(f"\ndef {name}(")
+    end = source.find("\n@triton.jit", start + 1)
+    end = len(source) if end < 0 else end
+    return source[:start] + edit(source[start:end]) + source[end:]
+
+
 def use_rewritten(attn, edit: Callable[[str], str]) -> None:
     """Make ``attn`` (a CompiledAttention) launch ``edit(attn.source)`` instead of its module."""
     attn._module = load_source(edit(attn.source), f"{attn.ir.name}_rewritten")
