@@ -29,7 +29,7 @@ def kinds(*rows: str) -> torch.Tensor:
     ("p.....", [0, 1, 1, 1]),
 ])
 def test_contiguous_runs_bounds(row, bounds):
-    runs, share = contiguous_runs(kinds(row))
+    runs, share, _ = contiguous_runs(kinds(row))
     assert runs is not None and runs.dtype == torch.int32 and runs.shape == (1, 1, 1, 4)
     assert runs[0, 0, 0].tolist() == bounds
     visited = sum(c != "." for c in row)
@@ -52,7 +52,7 @@ def test_contiguous_runs_refuses_gaps(rows):
 def test_mostly_full_runs(rows, mostly_full):
     """The backward takes the large tiles for runs with at most a quarter partial tiles."""
     lists = TileLists.empty(1, 1, 1, 1, torch.device("cpu"))
-    lists.runs, lists.partial_share = contiguous_runs(kinds(*rows))
+    lists.runs, lists.partial_share, _ = contiguous_runs(kinds(*rows))
     assert lists.mostly_full_runs == mostly_full
 
 

@@ -12,6 +12,15 @@ V: packed documents ran 310 TFLOP/s forward through the lists and 374 through th
 (benchmarks/NOTES.md, session 8). Whether the rows are contiguous is read back to the host
 once per classification.
 
+The classifier also records, for every query, the first and last key its mask keeps and how
+many it keeps, and the same for every key over the queries (``spans``). Where every query's
+(key's) kept positions are one span [first, last] with nothing dropped inside it (packed
+documents with any causal or window mask inside them, prefix-LM), the partial tiles test
+those two bounds instead of evaluating the mask: a band test, as for causal attention,
+instead of gathers of the mask's tensors (documents' dK/dV pass: 60 registers spilled with
+the gathers, 10 with a band test; benchmarks/NOTES.md, sessions 11 and 12). Read back in the
+same host sync as the runs.
+
 A classification is reused while the shape, tile sizes and every tensor it reads are the
 same objects at the same version: ``tensor._version`` changes on each in-place write, so
 ``doc_ids.fill_(0)`` invalidates it.
@@ -38,17 +47,33 @@ class TileLists:
     # of partial tiles among the visited ones
     runs: torch.Tensor | None = None
     partial_share: float = 1.0
+    # (Bm, Hm, 3, positions) int32: per position of the listed side (queries here, keys in the
+    # transposed lists) the first and last position of the other side that the mask keeps,
+    # and how many it keeps (an empty span is [other side's length, -1], count 0); and the
+    # same for the other side, which ``transposed`` takes. None where not classified.
+    spans: torch.Tensor | None = None
+    column_spans: torch.Tensor | None = None
+    # every position's kept positions are its span (set by ``find_runs``): partial tiles may
+    # test the span's bounds instead of the mask
+    spans_exact: bool = False
     _transposed: "TileLists | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def empty(cls, bm: int, hm: int, num_m: int, num_n: int, device: torch.device) -> "TileLists":
+    def empty(cls, bm: int, hm: int, num_m: int, num_n: int, device: torch.device,
+              lq: int | None = None, lkv: int | None = None) -> "TileLists":
+        """Uninitialized lists; with the sequence lengths, also the spans, initialized empty
+        (the classifier writes the query spans and narrows the key spans atomically)."""
         def counts():
             return torch.empty((bm, hm, num_m), dtype=torch.int32, device=device)
 
         def index():
             return torch.empty((bm, hm, num_m, num_n), dtype=torch.int32, device=device)
 
-        return cls(counts(), index(), counts(), index())
+        lists = cls(counts(), index(), counts(), index())
+        if lq is not None and lkv is not None:
+            lists.spans = empty_spans(bm, hm, lq, lkv, device)
+            lists.column_spans = empty_spans(bm, hm, lkv, lq, device)
+        return lists
 
     def args(self) -> tuple:
         """Pointers and strides in the order the generated kernels take them."""
@@ -57,9 +82,21 @@ class TileLists:
                 c.stride(0), c.stride(1), i.stride(0), i.stride(1), i.stride(2))
 
     def run_args(self) -> tuple:
-        """The attention kernels' ``tile_runs, TILE_RUNS``: the run bounds (indexed like the
-        counts, times 4) and whether to walk them; without runs the pointer is never read."""
-        return (self.full_count, False) if self.runs is None else (self.runs, True)
+        """The attention kernels' ``tile_runs, TILE_RUNS, spans, stride_sb, stride_sh,
+        stride_ss, SPANS``: the run bounds (indexed like the counts, times 4) and whether to
+        walk them, then the spans and whether partial tiles test them instead of the mask. A
+        pointer whose flag is off is never read."""
+        runs = (self.full_count, False) if self.runs is None else (self.runs, True)
+        if not self.spans_exact:
+            return (*runs, self.full_count, 0, 0, 0, False)
+        s = self.spans
+        return (*runs, s, s.stride(0), s.stride(1), s.stride(2), True)
+
+    def span_args(self) -> tuple:
+        """The classifier's ``spans, stride_sb, stride_sh, column_spans, stride_cs_b,
+        stride_cs_h`` (both contiguous: a span's three rows are a sequence length apart)."""
+        s, c = self.spans, self.column_spans
+        return (s, s.stride(0), s.stride(1), c, c.stride(0), c.stride(1))
 
     def kinds(self) -> torch.Tensor:
         """The classification as a (Bm, Hm, rows, columns) int8 matrix: 0 empty, 1 partial, 2 full."""
@@ -72,11 +109,14 @@ class TileLists:
         return kind[..., :cols]
 
     def find_runs(self, kind: torch.Tensor | None = None) -> "TileLists":
-        """Set ``runs`` when every row's tiles are contiguous (one host sync); returns self.
-        While a CUDA graph is being captured no sync is allowed: the lists are walked."""
+        """Set ``runs`` when every row's tiles are contiguous and ``spans_exact`` when every
+        position's kept positions are its span (one host sync); returns self. While a CUDA
+        graph is being captured no sync is allowed: the lists are walked, the mask evaluated."""
         capturing = self.full_index.is_cuda and torch.cuda.is_current_stream_capturing()
         if not capturing:
-            self.runs, self.partial_share = contiguous_runs(self.kinds() if kind is None else kind)
+            exact = spans_are_exact(self.spans) if self.spans is not None else None
+            self.runs, self.partial_share, self.spans_exact = contiguous_runs(
+                self.kinds() if kind is None else kind, exact)
         return self
 
     @property
@@ -108,7 +148,7 @@ class TileLists:
                 return hit.sum(-1, dtype=torch.int32).contiguous(), order.to(torch.int32).contiguous()
 
             (fc, fi), (pc, pi) = lists(2), lists(1)
-            self._transposed = TileLists(fc, fi, pc, pi, self.axes).find_runs(kind)
+            self._transposed = TileLists(fc, fi, pc, pi, self.axes, spans=self.column_spans).find_runs(kind)
         return self._transposed
 
     def visited(self) -> tuple[int, int]:
@@ -140,24 +180,43 @@ def rows_in_one_run(kind: torch.Tensor) -> torch.Tensor:
     return _row_runs(kind)[-1]
 
 
-def contiguous_runs(kind: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+def empty_spans(bm: int, hm: int, length: int, other: int, device: torch.device) -> torch.Tensor:
+    """(bm, hm, 3, length) int32 spans [first, last, count] that keep nothing: [other, -1], 0."""
+    spans = torch.zeros((bm, hm, 3, length), dtype=torch.int32, device=device)
+    spans[:, :, 0] = other
+    spans[:, :, 1] = -1
+    return spans
+
+
+def spans_are_exact(spans: torch.Tensor) -> torch.Tensor:
+    """Whether every position keeps exactly its span: count = last - first + 1, or keeps
+    nothing (a 0-d bool tensor, read back with the runs)."""
+    first, last, count = spans.unbind(-2)
+    return ((last - first + 1 == count) | (count == 0)).all()
+
+
+def contiguous_runs(kind: torch.Tensor, spans_exact: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor | None, float, bool]:
     """Per row of a (..., rows, columns) classification (0 empty, 1 partial, 2 full), the
     bounds [lo, full_lo, full_hi, hi) of its visited columns and of its full columns, as a
     (..., rows, 4) int32 tensor, when every row is one run (``rows_in_one_run``: then
     [lo, full_lo) and [full_hi, hi) hold only partial tiles); None otherwise. A row without
     full tiles has full_lo = full_hi = hi; an empty row is all zeros. Second: the share of
-    partial tiles among the visited ones (1.0 when none is)."""
+    partial tiles among the visited ones (1.0 when none is). Third: ``spans_exact`` (a 0-d
+    bool tensor, or None for False) read back in the same sync."""
     lo, hi, visited, full_lo, full_hi, full, one_run = _row_runs(kind)
+    exact = spans_exact if spans_exact is not None else torch.zeros((), dtype=torch.bool, device=kind.device)
     # the host sync, once per classification
-    all_runs, n_visited, n_full = torch.stack((one_run.all().long(), visited.sum(), full.sum())).tolist()
+    all_runs, n_visited, n_full, exact = torch.stack(
+        (one_run.all().long(), visited.sum(), full.sum(), exact.long())).tolist()
     share = 1.0 - n_full / n_visited if n_visited else 1.0
     if not all_runs:
-        return None, share
+        return None, share, bool(exact)
     lo = torch.where(visited > 0, lo, 0)
     hi = torch.where(visited > 0, hi, 0)
     full_lo = torch.where(full > 0, full_lo, hi)
     full_hi = torch.where(full > 0, full_hi, hi)
-    return torch.stack((lo, full_lo, full_hi, hi), dim=-1).to(torch.int32).contiguous(), share
+    return torch.stack((lo, full_lo, full_hi, hi), dim=-1).to(torch.int32).contiguous(), share, bool(exact)
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:
@@ -183,7 +242,8 @@ class TileCache:
         if hit is not None and all(ref() is tensors[n] for n, ref in hit[0]):
             self._entries.move_to_end(key)
             return hit[1]
-        tiles = TileLists.empty(bm, hm, triton.cdiv(Lq, config.block_m), triton.cdiv(Lkv, config.block_n), device)
+        tiles = TileLists.empty(bm, hm, triton.cdiv(Lq, config.block_m), triton.cdiv(Lkv, config.block_n), device,
+                                Lq, Lkv)
         tiles.axes = axes
         module.launch_classify_tiles(tiles, tensors, Lq, Lkv, config)
         tiles.find_runs()
