@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEVICE, check, check_grads, compare, doc_ids, make_qkv
+from helpers import DEVICE, check, check_grads, compare, make_qkv
 
 import attngen as ag
 
