@@ -46,6 +46,10 @@ class TileReport:
     visited_entries_masked: int
     rows_as_runs: int = 0  # (batch, head, query tile) rows whose tiles are one run
     rows: int = 0
+    # whether every query (key) keeps exactly one span of keys (queries): the kernels then
+    # test the span's two bounds in partial tiles instead of the mask (runtime/tiles.py)
+    query_spans_exact: bool = False
+    key_spans_exact: bool = False
 
     @property
     def density(self) -> float:
@@ -77,6 +81,9 @@ class TileReport:
             f"rows as runs     {self.rows_as_runs} of {self.rows} query tiles' KV tiles form one run"
             + (" (a tile-list mask walks them as loop ranges)" if self.rows and self.rows_as_runs == self.rows
                else " (a tile-list mask walks its index lists)"),
+            f"spans            queries {'exact' if self.query_spans_exact else 'not exact'}, keys "
+            f"{'exact' if self.key_spans_exact else 'not exact'} (where exact, a tile-list mask's partial tiles "
+            f"test each position's span [first, last] instead of the mask)",
         ]
 
 
@@ -95,6 +102,10 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
     num_n = -(-Lkv // block_n)
     pad_n = num_n * block_n - Lkv
     attended = full = partial = masked = as_runs = 0
+    query_spans_exact = True
+    key_first = torch.full((batch, heads, Lkv), Lq)
+    key_last = torch.full((batch, heads, Lkv), -1)
+    key_count = torch.zeros((batch, heads, Lkv), dtype=torch.int64)
     for m0 in range(0, Lq, block_m):
         rows = min(block_m, Lq - m0)
         env = {B: torch.arange(batch).view(-1, 1, 1, 1), H: torch.arange(heads).view(1, -1, 1, 1),
@@ -102,6 +113,11 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
                LQ: Lq, LKV: Lkv}
         keep = torch.as_tensor(mask_matrix(variant.mask, env, tensors)).expand(batch, heads, rows, Lkv)
         attended += int(keep.sum())
+        query_spans_exact &= bool(_spans_exact(*_spans(keep, Lkv)))
+        first, last, count = _spans(keep.transpose(-1, -2), rows)
+        key_first = torch.minimum(key_first, torch.where(count > 0, first + m0, Lq))
+        key_last = torch.maximum(key_last, torch.where(count > 0, last + m0, -1))
+        key_count += count
         keep = torch.nn.functional.pad(keep, (0, pad_n)).view(batch, heads, rows, num_n, block_n)
         per_tile = keep.sum(dim=(2, 4))  # (batch, heads, num_n)
         is_full = per_tile == rows * block_n
@@ -113,7 +129,18 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
         as_runs += int(rows_in_one_run(kinds.unsqueeze(-2)).sum())
     num_m = -(-Lq // block_m)
     return TileReport(Lq, Lkv, block_m, block_n, attended, batch * heads * Lq * Lkv, full, partial,
-                      batch * heads * num_m * num_n, masked, as_runs, batch * heads * num_m)
+                      batch * heads * num_m * num_n, masked, as_runs, batch * heads * num_m,
+                      query_spans_exact, bool(_spans_exact(key_first, key_last, key_count)))
+
+
+def _spans(keep: torch.Tensor, other: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First and last kept position along the last axis, and the count ([other, -1], 0 if none)."""
+    pos = torch.arange(keep.shape[-1])
+    return (torch.where(keep, pos, other).amin(-1), torch.where(keep, pos, -1).amax(-1), keep.sum(-1))
+
+
+def _spans_exact(first: torch.Tensor, last: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return ((last - first + 1 == count) | (count == 0)).all()
 
 
 # --------------------------------------------------------------------------- neighborhoods

@@ -160,7 +160,25 @@ def test_rows_as_runs_tell_ranges_from_lists():
     assert docs.rows == 2 * 8 and docs.rows_as_runs == docs.rows
     board = explain(ag.Variant(mask=ag.mask_mod(checkerboard)), 128, block_m=16, block_n=16)
     assert board.rows == 8 and board.rows_as_runs == 0
-    assert "walks its index lists" in board.lines()[-1]
+    assert any("walks its index lists" in line for line in board.lines())
+
+
+def test_spans_are_exact_per_side():
+    """Packed causal documents keep one span per query and per key; a sawtooth (each query keeps
+    [0, 10 * (q % 5)]) one span per query only; a checkerboard neither."""
+    def sawtooth(b, h, q_idx, kv_idx):
+        return kv_idx <= (q_idx % 5) * 10
+
+    def checkerboard(b, h, q_idx, kv_idx):
+        return (q_idx // 16 + kv_idx // 16) % 2 == 0
+
+    docs = explain(ag.Variant(mask=ag.document() & ag.causal()), 256, block_m=32, block_n=32, batch=2)
+    assert docs.query_spans_exact and docs.key_spans_exact
+    assert "queries exact, keys exact" in docs.lines()[-1]
+    saw = explain(ag.Variant(mask=ag.mask_mod(sawtooth)), 100, 60, block_m=32, block_n=32)
+    assert saw.query_spans_exact and not saw.key_spans_exact
+    board = explain(ag.Variant(mask=ag.mask_mod(checkerboard)), 128, block_m=16, block_n=16)
+    assert not board.query_spans_exact and not board.key_spans_exact
 
 
 def test_long_blocks_report_the_two_halves_boxes():
