@@ -18,8 +18,8 @@ many it keeps, and the same for every key over the queries (``spans``). Where ev
 documents with any causal or window mask inside them, prefix-LM), the partial tiles test
 those two bounds instead of evaluating the mask: a band test, as for causal attention,
 instead of gathers of the mask's tensors (documents' dK/dV pass: 60 registers spilled with
-the gathers, 10 with a band test; benchmarks/NOTES.md, sessions 11 and 12). Read back in the
-same host sync as the runs.
+the gathers, 10 with a band test; benchmarks/NOTES.md, sessions 11 and 12). The keys' spans come
+from a second kernel that walks the mask per KV tile. Read back in the same host sync as the runs.
 
 A classification is reused while the shape, tile sizes and every tensor it reads are the
 same objects at the same version: ``tensor._version`` changes on each in-place write, so
@@ -61,8 +61,8 @@ class TileLists:
     @classmethod
     def empty(cls, bm: int, hm: int, num_m: int, num_n: int, device: torch.device,
               lq: int | None = None, lkv: int | None = None) -> "TileLists":
-        """Uninitialized lists; with the sequence lengths, also the spans, initialized empty
-        (the classifier writes the query spans and narrows the key spans atomically)."""
+        """Uninitialized lists; with the sequence lengths, also the spans (contiguous, so that a
+        span's three rows lie a sequence length apart; the classifier writes them)."""
         def counts():
             return torch.empty((bm, hm, num_m), dtype=torch.int32, device=device)
 
@@ -71,8 +71,8 @@ class TileLists:
 
         lists = cls(counts(), index(), counts(), index())
         if lq is not None and lkv is not None:
-            lists.spans = empty_spans(bm, hm, lq, lkv, device)
-            lists.column_spans = empty_spans(bm, hm, lkv, lq, device)
+            lists.spans = torch.empty((bm, hm, 3, lq), dtype=torch.int32, device=device)
+            lists.column_spans = torch.empty((bm, hm, 3, lkv), dtype=torch.int32, device=device)
         return lists
 
     def args(self) -> tuple:
@@ -91,12 +91,6 @@ class TileLists:
             return (*runs, self.full_count, 0, 0, 0, False)
         s = self.spans
         return (*runs, s, s.stride(0), s.stride(1), s.stride(2), True)
-
-    def span_args(self) -> tuple:
-        """The classifier's ``spans, stride_sb, stride_sh, column_spans, stride_cs_b,
-        stride_cs_h`` (both contiguous: a span's three rows are a sequence length apart)."""
-        s, c = self.spans, self.column_spans
-        return (s, s.stride(0), s.stride(1), c, c.stride(0), c.stride(1))
 
     def kinds(self) -> torch.Tensor:
         """The classification as a (Bm, Hm, rows, columns) int8 matrix: 0 empty, 1 partial, 2 full."""
@@ -178,14 +172,6 @@ def rows_in_one_run(kind: torch.Tensor) -> torch.Tensor:
     """Per row of a (..., rows, columns) classification (0 empty, 1 partial, 2 full): whether
     its visited columns are one run with its full columns one run inside it."""
     return _row_runs(kind)[-1]
-
-
-def empty_spans(bm: int, hm: int, length: int, other: int, device: torch.device) -> torch.Tensor:
-    """(bm, hm, 3, length) int32 spans [first, last, count] that keep nothing: [other, -1], 0."""
-    spans = torch.zeros((bm, hm, 3, length), dtype=torch.int32, device=device)
-    spans[:, :, 0] = other
-    spans[:, :, 1] = -1
-    return spans
 
 
 def spans_are_exact(spans: torch.Tensor) -> torch.Tensor:
