@@ -18,8 +18,8 @@ many it keeps, and the same for every key over the queries (``spans``). Where ev
 documents with any causal or window mask inside them, prefix-LM), the partial tiles test
 those two bounds instead of evaluating the mask: a band test, as for causal attention,
 instead of gathers of the mask's tensors (documents' dK/dV pass: 60 registers spilled with
-the gathers, 10 with a band test; benchmarks/NOTES.md, sessions 11 and 12). The keys' spans come
-from a second kernel that walks the mask per KV tile. Read back in the same host sync as the runs.
+the gathers, 10 with a band test; benchmarks/NOTES.md, sessions 11 and 12). The spans come from
+a kernel of their own (``<name>_spans``, launched per query and per key). Read back in the same host sync as the runs.
 
 A classification is reused while the shape, tile sizes and every tensor it reads are the
 same objects at the same version: ``tensor._version`` changes on each in-place write, so
