@@ -28,7 +28,7 @@ from .passes.tiles import conjuncts
 from .passes.tiles import split_neighborhood as neighborhood_split
 from .reference import SPATIAL, mask_matrix
 from .runtime.neighborhood import RANK, Axis, plan, prefers_dense_tiles, resolve_axes
-from .runtime.tiles import rows_in_one_run
+from .runtime.tiles import rows_in_one_run, spans_are_exact
 from .testing import synthesize_tensors
 
 
@@ -113,7 +113,7 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
                LQ: Lq, LKV: Lkv}
         keep = torch.as_tensor(mask_matrix(variant.mask, env, tensors)).expand(batch, heads, rows, Lkv)
         attended += int(keep.sum())
-        query_spans_exact &= bool(_spans_exact(*_spans(keep, Lkv)))
+        query_spans_exact &= bool(spans_are_exact(torch.stack(_spans(keep, Lkv), dim=-2)))
         first, last, count = _spans(keep.transpose(-1, -2), rows)
         key_first = torch.minimum(key_first, torch.where(count > 0, first + m0, Lq))
         key_last = torch.maximum(key_last, torch.where(count > 0, last + m0, -1))
@@ -130,17 +130,13 @@ def explain(variant: Variant, Lq: int, Lkv: int | None = None, block_m: int = 12
     num_m = -(-Lq // block_m)
     return TileReport(Lq, Lkv, block_m, block_n, attended, batch * heads * Lq * Lkv, full, partial,
                       batch * heads * num_m * num_n, masked, as_runs, batch * heads * num_m,
-                      query_spans_exact, bool(_spans_exact(key_first, key_last, key_count)))
+                      query_spans_exact, bool(spans_are_exact(torch.stack((key_first, key_last, key_count), -2))))
 
 
 def _spans(keep: torch.Tensor, other: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """First and last kept position along the last axis, and the count ([other, -1], 0 if none)."""
     pos = torch.arange(keep.shape[-1])
     return (torch.where(keep, pos, other).amin(-1), torch.where(keep, pos, -1).amax(-1), keep.sum(-1))
-
-
-def _spans_exact(first: torch.Tensor, last: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    return ((last - first + 1 == count) | (count == 0)).all()
 
 
 # --------------------------------------------------------------------------- neighborhoods

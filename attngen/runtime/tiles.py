@@ -12,14 +12,15 @@ V: packed documents ran 310 TFLOP/s forward through the lists and 374 through th
 (benchmarks/NOTES.md, session 8). Whether the rows are contiguous is read back to the host
 once per classification.
 
-The classifier also records, for every query, the first and last key its mask keeps and how
-many it keeps, and the same for every key over the queries (``spans``). Where every query's
-(key's) kept positions are one span [first, last] with nothing dropped inside it (packed
-documents with any causal or window mask inside them, prefix-LM), the partial tiles test
-those two bounds instead of evaluating the mask: a band test, as for causal attention,
-instead of gathers of the mask's tensors (documents' dK/dV pass: 60 registers spilled with
-the gathers, 10 with a band test; benchmarks/NOTES.md, sessions 11 and 12). The spans come from
-a kernel of their own (``<name>_spans``, launched per query and per key). Read back in the same host sync as the runs.
+A classification also records, for every query, the first and last key its mask keeps and
+how many it keeps, and the same for every key over the queries (``spans``, from the kernel
+``<name>_spans`` beside the classifier). Where every query's (key's) kept positions are one
+span [first, last] with nothing dropped inside it (packed documents with any causal or
+window mask inside them, prefix-LM), the partial tiles test those two bounds instead of
+evaluating the mask: a band test, as for causal attention, instead of gathers of the mask's
+tensors (documents' dK/dV pass: 60 registers spilled with the gathers, 10 with a band test;
+benchmarks/NOTES.md, sessions 11 and 12). Whether they are exact is read back in the same
+host sync as the runs.
 
 A classification is reused while the shape, tile sizes and every tensor it reads are the
 same objects at the same version: ``tensor._version`` changes on each in-place write, so

@@ -29,11 +29,15 @@ def documents(lengths: list[int]) -> torch.Tensor:
     return ids.expand(B, -1).contiguous().cuda()
 
 
-def set_spans(attn, on: bool) -> None:
-    for _, lists in attn._tiles._entries.values():
-        for t in (lists, lists._transposed):
-            if t is not None:
-                t.spans_exact = on and t.spans is not None and t._spans_were_exact
+def classifications(attn) -> list:
+    """Every cached classification of ``attn``, the dK/dV pass's transposed lists included."""
+    return [t for _, lists in attn._tiles._entries.values() for t in (lists, lists._transposed) if t is not None]
+
+
+def set_spans(attn, on: bool, exact: dict[int, bool]) -> None:
+    """Spans on (where the classification found them exact, ``exact`` by id) or off."""
+    for t in classifications(attn):
+        t.spans_exact = on and exact[id(t)]
 
 
 def main() -> None:
@@ -51,13 +55,8 @@ def main() -> None:
     for name, ids in cases.items():
         out = attn(q, k, v, document_ids=ids)
         torch.autograd.grad(out, leaves, dout)  # classify every orientation
-        for _, lists in attn._tiles._entries.values():
-            for t in (lists, lists._transposed):
-                if t is not None:
-                    t._spans_were_exact = t.spans_exact
-        exact = [(t.spans_exact) for _, lists in attn._tiles._entries.values() for t in (lists, lists._transposed)
-                 if t is not None]
-        print(f"{name}: spans exact per classification {exact}", flush=True)
+        exact = {id(t): t.spans_exact for t in classifications(attn)}
+        print(f"{name}: spans exact per classification {list(exact.values())}", flush=True)
         block_mask = common.flex_block_mask(cc.document_mod(ids), L, "cuda", B=B)
 
         def fwd():
@@ -77,7 +76,7 @@ def main() -> None:
 
         # correctness of both paths against Flex on the whole tensors
         for on in (False, True):
-            set_spans(attn, on)
+            set_spans(attn, on, exact)
             o = attn(q, k, v, document_ids=ids)
             g = torch.autograd.grad(o, leaves, dout)
             fo = flex(q, k, v, block_mask=block_mask)
@@ -88,7 +87,7 @@ def main() -> None:
                                      "fwdbwd_spans", "flex_fwdbwd")}
         for _ in range(args.rounds):
             for on in (False, True):
-                set_spans(attn, on)
+                set_spans(attn, on, exact)
                 tag = "spans" if on else "mask"
                 times[f"fwd_{tag}"].append(triton.testing.do_bench(fwd, warmup=25, rep=100))
                 times[f"bwd_{tag}"].append(triton.testing.do_bench(bwd, warmup=25, rep=100))
@@ -103,7 +102,7 @@ def main() -> None:
         r = [f / a for f, a in zip(times["flex_fwdbwd"], times["fwdbwd_spans"])]
         print(f"{name} fwdbwd with spans: x Flex per round {' '.join(f'{x:.3f}' for x in r)}; "
               f"median {statistics.median(r):.3f}", flush=True)
-        set_spans(attn, True)
+        set_spans(attn, True, exact)
 
 
 if __name__ == "__main__":
