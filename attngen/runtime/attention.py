@@ -123,7 +123,9 @@ class CompiledAttention(CompiledKernel):
             raise NotImplementedError(f"variant '{self.ir.name}': no backward kernel could be generated for its "
                                       "score_mod's derivative; run under torch.no_grad() or detach the inputs")
         out = self.output(p, out, needs_grad, "q, k or v")
-        lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
+        # The log-sum-exp is written only where something reads it: a backward, or the caller.
+        lse = (torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
+               if needs_grad or return_lse else None)
         self.poison(out, lse)
 
         def run_forward():
