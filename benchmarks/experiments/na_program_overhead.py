@@ -79,6 +79,25 @@ def _no_store(src: str) -> str:
     return out
 
 
+def _ahead_q_lines(indent: str) -> list[str]:
+    """Kernel lines that place the Q box of program (p_bh, p_tile): ``p_rows`` (its rows),
+    ``p_lines`` (one column per 128-byte line of a row: 64 bf16), ``p_q`` (its head's Q)."""
+    return [indent + line for line in [
+        "p_b = p_bh // HQ",
+        "p_h = p_bh % HQ",
+        "pg2, pt2, p_tile = _na_split_tile(p_tile, S2, TM2, DIL2)",
+        "pg1, pt1, p_tile = _na_split_tile(p_tile, S1, TM1, DIL1)",
+        "pg0, pt0, p_tile = _na_split_tile(p_tile, S0, TM0, DIL0)",
+        "p_m = tl.arange(0, BLOCK_M)",
+        "px0 = _na_query_axis(pt0, LG0, (p_m // (TM1 * TM2)) % TM0, TM0, TN0, K0, STR0, CAUSAL0)[0]",
+        "px1 = _na_query_axis(pt1, LG1, (p_m // TM2) % TM1, TM1, TN1, K1, STR1, CAUSAL1)[0]",
+        "px2 = _na_query_axis(pt2, LG2, p_m % TM2, TM2, TN2, K2, STR2, CAUSAL2)[0]",
+        "p_rows = tl.minimum(((px0 * DIL0 + pg0) * S1 + px1 * DIL1 + pg1) * S2 + px2 * DIL2 + pg2, Lq - 1)",
+        "p_lines = tl.arange(0, BLOCK_D // 64) * 64",
+        "p_q = Q + p_b.to(tl.int64) * stride_qb + p_h.to(tl.int64) * stride_qh",
+    ]]
+
+
 def _prefetch(ahead: int, kv: bool):
     def edit(src: str) -> str:
         lines = [
@@ -88,18 +107,7 @@ def _prefetch(ahead: int, kv: bool):
             "    p_bh = ahead // n_tiles",
             "    p_tile = ahead % n_tiles",
             "    if p_bh < tl.num_programs(1):",
-            "        p_b = p_bh // HQ",
-            "        p_h = p_bh % HQ",
-            "        pg2, pt2, p_tile = _na_split_tile(p_tile, S2, TM2, DIL2)",
-            "        pg1, pt1, p_tile = _na_split_tile(p_tile, S1, TM1, DIL1)",
-            "        pg0, pt0, p_tile = _na_split_tile(p_tile, S0, TM0, DIL0)",
-            "        p_m = tl.arange(0, BLOCK_M)",
-            "        px0 = _na_query_axis(pt0, LG0, (p_m // (TM1 * TM2)) % TM0, TM0, TN0, K0, STR0, CAUSAL0)[0]",
-            "        px1 = _na_query_axis(pt1, LG1, (p_m // TM2) % TM1, TM1, TN1, K1, STR1, CAUSAL1)[0]",
-            "        px2 = _na_query_axis(pt2, LG2, p_m % TM2, TM2, TN2, K2, STR2, CAUSAL2)[0]",
-            "        p_rows = tl.minimum(((px0 * DIL0 + pg0) * S1 + px1 * DIL1 + pg1) * S2 + px2 * DIL2 + pg2, Lq - 1)",
-            "        p_lines = tl.arange(0, BLOCK_D // 64) * 64  # one 128-byte line per 64 bf16",
-            "        p_q = Q + p_b.to(tl.int64) * stride_qb + p_h.to(tl.int64) * stride_qh",
+            *_ahead_q_lines("        "),
             "        " + _PREFETCH.format(ptrs="p_q + p_rows[:, None] * stride_qm + p_lines[None, :] * stride_qd"),
         ]
         if kv:
@@ -126,18 +134,7 @@ def _prefetch_in_loop(ahead: int):
             f"    ahead = off_bh * n_tiles + tl.program_id(0) + {ahead}",
             "    p_bh = tl.minimum(ahead // n_tiles, tl.num_programs(1) - 1)",
             "    p_tile = ahead % n_tiles",
-            "    p_b = p_bh // HQ",
-            "    p_h = p_bh % HQ",
-            "    pg2, pt2, p_tile = _na_split_tile(p_tile, S2, TM2, DIL2)",
-            "    pg1, pt1, p_tile = _na_split_tile(p_tile, S1, TM1, DIL1)",
-            "    pg0, pt0, p_tile = _na_split_tile(p_tile, S0, TM0, DIL0)",
-            "    p_m = tl.arange(0, BLOCK_M)",
-            "    px0 = _na_query_axis(pt0, LG0, (p_m // (TM1 * TM2)) % TM0, TM0, TN0, K0, STR0, CAUSAL0)[0]",
-            "    px1 = _na_query_axis(pt1, LG1, (p_m // TM2) % TM1, TM1, TN1, K1, STR1, CAUSAL1)[0]",
-            "    px2 = _na_query_axis(pt2, LG2, p_m % TM2, TM2, TN2, K2, STR2, CAUSAL2)[0]",
-            "    p_rows = tl.minimum(((px0 * DIL0 + pg0) * S1 + px1 * DIL1 + pg1) * S2 + px2 * DIL2 + pg2, Lq - 1)",
-            "    p_lines = tl.arange(0, BLOCK_D // 64) * 64",
-            "    p_q = Q + p_b.to(tl.int64) * stride_qb + p_h.to(tl.int64) * stride_qh",
+            *_ahead_q_lines("    "),
             "    pf_ptrs = p_q + p_rows[:, None] * stride_qm + p_lines[None, :] * stride_qd",
             "    pf_step = (p_m * (m0 * m1 * m2)) // BLOCK_M",
             ""])
