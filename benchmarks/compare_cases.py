@@ -211,6 +211,17 @@ def all_cases(smoke: bool) -> list[Case]:
     return [c for family in FAMILIES for c in per_family[family]]
 
 
+def cases_by_key(keys: str) -> list[Case]:
+    """The full-size cases named in ``keys`` (comma-separated), in that order; exits naming
+    any key that is not a case."""
+    by_key = {c.key: c for c in all_cases(smoke=False)}
+    picked = [k.strip() for k in keys.split(",") if k.strip()]
+    unknown = [k for k in picked if k not in by_key]
+    if unknown:
+        raise SystemExit(f"--cases: unknown {', '.join(unknown)}; known: {', '.join(by_key)}")
+    return [by_key[k] for k in picked]
+
+
 # --------------------------------------------------------------------------- inputs
 
 

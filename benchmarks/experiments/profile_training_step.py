@@ -42,11 +42,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
-    by_key = {c.key: c for c in cc.all_cases(smoke=False)}
-    device = torch.device("cuda")
-    for key in args.cases.split(","):
-        case = by_key[key]
-        inp = cc.make_inputs(case, device, torch.bfloat16, seed=0)
+    for case in cc.cases_by_key(args.cases):
+        inp = cc.make_inputs(case, torch.device("cuda"), torch.bfloat16, seed=0)
         for backend in ("attngen", "flex"):
             fn = cc.build(backend, case, inp)
 
@@ -57,7 +54,7 @@ def main() -> None:
                 times = kernel_times(step, args.steps)
                 wall = triton.testing.do_bench(step, warmup=50, rep=300)
             total = sum(times.values()) / 1e3
-            print(f"\n{key} {backend}: step {wall:.3f} ms (do_bench), kernels {total:.3f} ms summed over streams", flush=True)
+            print(f"\n{case.key} {backend}: step {wall:.3f} ms (do_bench), kernels {total:.3f} ms summed over streams", flush=True)
             for name, us in sorted(times.items(), key=lambda kv: -kv[1]):
                 if us >= 5:
                     print(f"  {us:9.1f} us  {name}", flush=True)

@@ -39,11 +39,8 @@ def main() -> None:
     p.add_argument("--rep", type=float, default=200.0, help="do_bench repetition time, ms")
     args = p.parse_args()
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
-    by_key = {c.key: c for c in cc.all_cases(smoke=False)}
-    device = torch.device("cuda")
-    for key in args.cases.split(","):
-        case = by_key[key]
-        inp = cc.make_inputs(case, device, torch.bfloat16, seed=0)
+    for case in cc.cases_by_key(args.cases):
+        inp = cc.make_inputs(case, torch.device("cuda"), torch.bfloat16, seed=0)
         fns = {backend: steps(cc.build(backend, case, inp), inp) for backend in ("attngen", "flex")}
         for mode in args.modes.split(","):
             flops = case.flops("fwd" if mode == "fwd" else "fwdbwd")
@@ -54,9 +51,9 @@ def main() -> None:
                         inp.zero_grad()
                         ms[backend].append(triton.testing.do_bench(fn[mode], warmup=50, rep=args.rep))
             ratios = [f / a for a, f in zip(ms["attngen"], ms["flex"])]
-            print(f"{key} {mode}: attngen ms {' '.join(f'{t:.3f}' for t in ms['attngen'])} | "
+            print(f"{case.key} {mode}: attngen ms {' '.join(f'{t:.3f}' for t in ms['attngen'])} | "
                   f"flex ms {' '.join(f'{t:.3f}' for t in ms['flex'])}", flush=True)
-            print(f"{key} {mode}: x Flex per round {' '.join(f'{r:.3f}' for r in ratios)}; median "
+            print(f"{case.key} {mode}: x Flex per round {' '.join(f'{r:.3f}' for r in ratios)}; median "
                   f"{statistics.median(ratios):.3f}, min {min(ratios):.3f}; attngen median "
                   f"{flops / statistics.median(ms['attngen']) / 1e9:.0f} TF/s", flush=True)
 
