@@ -177,7 +177,8 @@ INTERPRET_MAX_L = 1024  # the interpreter runs each program in Python: keep --in
 
 TUNE_EPILOG = """\
 Times the forward kernel's launch configs (tiles, warps, stages; query/KV boxes for
-neighborhood masks) after pruning those over the GPU's shared memory or register budget,
+neighborhood masks; two-halves query tiles and, on sm90+, warp specialization for dense and
+band masks) after pruning those over the GPU's shared memory or register budget,
 checks each against the heuristic config's output, and writes the fastest as a record in
 the user cache (ATTNGEN_CACHE_DIR or the platformdirs cache, under autotune/<gpu>/). Later
 calls of this kernel on this GPU, dtype and shape bucket (Lq and Lkv up to the next power

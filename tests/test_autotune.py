@@ -207,7 +207,7 @@ def test_shipped_h100_defaults_equal_the_heuristic():
     assert table["dense/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
     assert table["dense/mod/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
     assert table["band/plain/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)  # windows
-    assert table["band_causal/plain/bfloat16/d128"] == KernelConfig(128, 128, 8, 3)  # session 10
+    assert table["band_causal/plain/bfloat16/d128"] == KernelConfig(128, 128, 8, 3, warp_specialize=True)  # 10, 14
     assert table["band_causal/mod/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
     assert table["neighborhood_sparse/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
     assert table["neighborhood_dense/plain/bfloat16/d128"] == KernelConfig(128, 128, 8, 3)  # 1-D: halves lost
@@ -216,7 +216,7 @@ def test_shipped_h100_defaults_equal_the_heuristic():
 def test_lookup_order_record_then_shipped_then_heuristic(cache, causal, monkeypatch):
     p = Problem(1, 2, 2, 1000, 1000, 128, 128, torch.bfloat16, CPU)
     fake_gpu(monkeypatch, H100)
-    assert select_config(causal, p, None) == (KernelConfig(128, 128, 8, 3), "shipped")  # H100 causal D=128
+    assert select_config(causal, p, None) == (KernelConfig(128, 128, 8, 3, warp_specialize=True), "shipped")
     tuned = KernelConfig(128, 32, 8, 2)
     records.save_record(H100, causal.key, torch.bfloat16, records.shape_bucket(1024, 1024, 128, 128), tuned)
     assert select_config(causal, p, None) == (tuned, "record")

@@ -72,8 +72,9 @@ def config_to_dict(c: KernelConfig) -> dict:
     for name in ("q_box", "kv_box"):
         if getattr(c, name) is not None:
             out[name] = list(getattr(c, name))
-    if c.halves:
-        out["halves"] = True
+    for flag in ("halves", "warp_specialize"):
+        if getattr(c, flag):
+            out[flag] = True
     return out
 
 
@@ -87,10 +88,11 @@ def config_from_dict(d: object) -> KernelConfig:
             fields[k] = tuple(d[k])
     if not all(isinstance(v, int) and not isinstance(v, bool) for k, v in fields.items() if not k.endswith("box")):
         raise TypeError(f"config fields must be integers: {d}")
-    halves = d.get("halves", False)
-    if not isinstance(halves, bool):
-        raise TypeError(f"config field halves must be true or false: {d}")
-    return KernelConfig(**fields, halves=halves)
+    flags = {flag: d.get(flag, False) for flag in ("halves", "warp_specialize")}
+    for flag, val in flags.items():
+        if not isinstance(val, bool):
+            raise TypeError(f"config field {flag} must be true or false: {d}")
+    return KernelConfig(**fields, **flags)
 
 
 def _parse(path: Path, text: str) -> dict[str, dict]:

@@ -6,7 +6,13 @@ planner's best query/KV boxes (``runtime/neighborhood.py`` ``plan``, ranked by i
 entries visited, partial tiles weighted by their mask code). Kernels with the two-halves
 forward (dense and band masks, neighborhoods without other masks) also get block_m 128 and
 256 as two interleaved halves (``KernelConfig.halves``; boxes from the planner at launch),
-whose estimates are those of the whole tile.
+whose estimates are those of the whole tile. Dense and band kernels on sm90 and later also
+get every 8-warp candidate with its full-tile loop warp-specialized
+(``KernelConfig.warp_specialize``: Triton 3.6's automatic producer/consumer split; its
+pass fails on 4 warps). Triton 3.6 offers two more Hopper options, tensor-descriptor (TMA)
+loads and persistent programs; neither beat the pointer loads and one program per tile on the H100
+(benchmarks/NOTES.md: TMA loads in sessions 4 and 11, a persistent block-sparse
+forward in "2026-11-24: neighborhood attention"), so the generated kernels do not have them.
 
 Pruning rules (each one names why in ``Pruned.reason``):
 
@@ -32,7 +38,7 @@ The heuristic's config is always kept (and timed first): it is the correctness b
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -67,6 +73,7 @@ class SpaceShape:
     tile_reads: bool = False
     axes: tuple[Axis, ...] | None = None  # neighborhood variants
     halves: bool = False  # the kernel has the two-halves forward
+    warp_specialize: bool = False  # the kernel's full-tile loop can be warp-specialized, on this GPU
 
 
 def _pad(d: int) -> int:
@@ -128,6 +135,8 @@ def grid(s: SpaceShape, blocks=BLOCKS, warps=WARPS, stages=STAGES) -> list[Kerne
     if s.halves:
         for bm, bn, w, st in itertools.product(HALVES_BLOCK_M, blocks, warps, stages):
             out.append(KernelConfig(bm, bn, w, st, halves=True))
+    if s.warp_specialize:  # each 8-warp candidate followed by its twin, so a time budget cuts both alike
+        out = [w for c in out for w in ((c, replace(c, warp_specialize=True)) if c.num_warps == 8 else (c,))]
     return out
 
 

@@ -154,7 +154,11 @@ def tune(attn, shape: TuneShape, device: torch.device | str = "cuda", *, budget_
             heuristic = smaller
 
     limits = _device.device_limits(device, gpu)
-    space = SpaceShape(shape.lq, shape.lkv, shape.d, dv, shape.dtype, attn._tile_reads, axes, attn._has_halves)
+    # warp specialization needs Hopper's asynchronous copies and barriers (sm90+)
+    warp_specialize = attn._has_warp_specialize and device.type == "cuda" \
+        and torch.cuda.get_device_capability(device)[0] >= 9
+    space = SpaceShape(shape.lq, shape.lkv, shape.d, dv, shape.dtype, attn._tile_reads, axes, attn._has_halves,
+                       warp_specialize)
     grid_args = {k: v for k, v in (("blocks", blocks), ("warps", warps), ("stages", stages)) if v is not None}
     candidates, pruned = search_space(space, limits, heuristic, **grid_args)
 
@@ -198,6 +202,10 @@ def config_label(c: KernelConfig) -> str:
     text = f"m{c.block_m} n{c.block_n} w{c.num_warps} s{c.num_stages}"
     if c.q_box is not None:
         text += f" q{'x'.join(map(str, c.q_box))} kv{'x'.join(map(str, c.kv_box))}"
+    if c.halves:
+        text += " halves"
+    if c.warp_specialize:
+        text += " ws"
     return text
 
 

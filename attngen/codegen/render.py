@@ -199,6 +199,10 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
     # keep one kind of tile.
     ctx["halves"] = (ir.strategy in (DENSE, BAND) or (ir.strategy == NEIGHBORHOOD and ctx["mask_code"] is None)) \
         and not ctx["na_keep"]
+    # Dense and band kernels walk one contiguous run of full KV tiles, the loop Triton's
+    # automatic warp specialization handles (KernelConfig.warp_specialize); neighborhoods
+    # measured -1% with it (benchmarks/NOTES.md, session 14) and tile lists walk index lists.
+    ctx["warp_specialize"] = ir.strategy in (DENSE, BAND)
     ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors")) or bool(
         ctx["bwd"] and ctx["bwd"]["tensors"])
     return ctx

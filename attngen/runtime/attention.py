@@ -59,6 +59,8 @@ class CompiledAttention(CompiledKernel):
         self._tile_reads = _reads_per_tile(ir)
         self._score_mod = not ir.plain_score
         self._has_halves = f"def {ir.name}_fwd_halves(" in self.source  # templates/attention_fwd.py.j2
+        # dense and band kernels: the full-tile loop can be warp-specialized (KernelConfig.warp_specialize)
+        self._has_warp_specialize = "WARP_SPECIALIZE: tl.constexpr" in self.source
         self._fitted: dict[tuple, tuple[KernelConfig, str]] = {}
         self.last_config: KernelConfig | None = None  # what the latest call launched with
         # where it came from: "explicit" (config=), "record" (user tuning record), "shipped"

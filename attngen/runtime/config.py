@@ -6,7 +6,7 @@ fixed Python overhead there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -25,6 +25,13 @@ class KernelConfig:
     products and softmaxes interleave (templates/attention_fwd.py.j2, ``_fwd_halves``); needs
     ``block_m >= 32``. A neighborhood's query box splits row-major: its first half of rows
     and its second.
+
+    ``warp_specialize`` (dense and band masks, 8 warps): compile the loop over the KV tiles
+    every row attends with Triton's automatic warp specialization
+    (``tl.range(..., warp_specialize=True)``): producer warps issue the K/V loads while the
+    others compute. H100, causal D=128 at 128x128, 8 warps, 3 stages: +1.5-1.8%, ahead in
+    10 of 10 interleaved rounds (benchmarks/NOTES.md, session 14); dense tiles even or -1.5%.
+    Triton 3.6's pass asserts on 4-warp kernels (WSLowerToken.cpp), so only 8 warps take it.
     """
 
     block_m: int
@@ -34,6 +41,7 @@ class KernelConfig:
     q_box: tuple[int, int, int] | None = None
     kv_box: tuple[int, int, int] | None = None
     halves: bool = False
+    warp_specialize: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -45,6 +53,9 @@ class KernelConfig:
                              f"got {self.num_stages} and {self.num_warps}")
         if self.halves and self.block_m < 32:
             raise ValueError(f"KernelConfig.halves needs block_m >= 32, got block_m={self.block_m}")
+        if self.warp_specialize and self.num_warps != 8:
+            raise ValueError(f"KernelConfig.warp_specialize needs num_warps=8 (Triton 3.6's warp-specialization "
+                             f"pass fails on other counts), got num_warps={self.num_warps}")
         for name, block in (("q_box", self.block_m), ("kv_box", self.block_n)):
             box = getattr(self, name)
             if box is None:
@@ -56,10 +67,13 @@ class KernelConfig:
                 raise ValueError(f"KernelConfig.{name} must be three powers of two with product {block}, got {box}")
 
     def smaller(self) -> "KernelConfig | None":
-        """The next configuration to try when this one does not fit (fewer stages, then
-        narrower KV tiles, then one tile instead of two halves, then shorter query tiles); None
-        when nothing smaller is left.
+        """The next configuration to try when this one does not fit (the same tiles without
+        warp specialization, whose producer warps take registers of their own; then fewer
+        stages, then narrower KV tiles, then one tile instead of two halves, then shorter
+        query tiles); None when nothing smaller is left.
         Boxes survive a change of stages only: a narrower tile needs the planner's boxes."""
+        if self.warp_specialize:
+            return replace(self, warp_specialize=False)
         if self.num_stages > 1:
             return KernelConfig(self.block_m, self.block_n, self.num_warps, self.num_stages - 1,
                                 self.q_box, self.kv_box, self.halves)
@@ -87,7 +101,8 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     dense D=64: 128x64, 8 warps 434 (128x128x8: 354);
     causal D=64: 64x64x4 370. Causal D=128 (``causal_like``, plain score): 128x128, 8 warps,
     3 stages 472 against 449 for 64x64 on 4 warps, six interleaved rounds beside cuDNN
-    (NOTES.md, session 10; it had won 7 of 8 rounds in sessions 6-7 and lost 2 of 3 in 4).
+    (NOTES.md, session 10; it had won 7 of 8 rounds in sessions 6-7 and lost 2 of 3 in 4);
+    with warp specialization on sm90 (``KernelConfig.warp_specialize``; session 14: 453 -> 460).
     ``sigmoid``: sigmoid attention, dense D=128: 128x64, 8 warps 1.98 ms (128x128x8: 2.11-2.17;
     results in benchmarks/NOTES.md, "Normalizations").
     ``halves``: the kernel has the two-halves forward (dense and band masks). On the H100 at
@@ -121,7 +136,8 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
         if halves and wide and not score_mod and (not masked or (sigmoid and causal_like)):
             return KernelConfig(256, 64, 8, 4, halves=True)
         if masked and causal_like and wide and not score_mod and not sigmoid:
-            return KernelConfig(128, 128, 8, 3)
+            # warp specialization measured on the H100 only (session 14)
+            return KernelConfig(128, 128, 8, 3, warp_specialize=major == 9)
         if masked:
             return KernelConfig(64, 64, 4, 3)
         if score_mod and wide and not sigmoid:

@@ -1,19 +1,19 @@
-"""A/B: Triton 3.6's automatic warp specialization on the generated forward's full-tile loop.
+"""A/B: Triton 3.6's automatic warp specialization on the generated forwards' full-tile loops.
 
     PYTHONPATH=.:benchmarks python benchmarks/experiments/ab_forward_warp_specialize.py [--rounds N]
 
-Issue 6 asks the tuner's space for the Hopper options Triton 3.6 offers. Session 4 measured
-`warp_specialize` on hand-written forwards (dense 128x128 +1.6% with TMA descriptors, causal even,
-a compiler assertion at 64x64 on 4 warps). This times it on today's generated kernels, at their
-shipped configs: the loop over the tiles every row attends becomes
-`tl.range(lo, hi, BLOCK_N, warp_specialize=True)` (for neighborhoods, the walk over the full KV
-boxes); the partial tiles' loops stay as they are.
-Each output is checked against the unedited kernel's.
+Dense and band kernels have it as a launch option (``KernelConfig.warp_specialize``, since
+session 15): each case's configs run with and without it. Neighborhood kernels do not have
+the option, so their walk over the full KV boxes is edited into
+``tl.range(..., warp_specialize=True)`` (session 14 measured -1% on GNA 2-D). cuDNN runs in
+the same rounds where it computes the same function. Each output is checked against the
+first config's.
 """
 from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import replace
 
 import torch
 import triton
@@ -22,20 +22,26 @@ import attngen as ag
 from bench_common import sdpa_fn  # noqa: E402 (benchmarks/ on the path)
 from rewritten import interleaved_ms, use_rewritten  # noqa: E402 (this folder)
 
-_FULL_LOOPS = ((r"for start_n in range\((0), (n_full_end), BLOCK_N\):",
-                r"for start_n in tl.range(\1, \2, BLOCK_N, warp_specialize=True):"),
-               (r"for start_n in range\((full_lo), (full_end), BLOCK_N\):",
-                r"for start_n in tl.range(\1, \2, BLOCK_N, warp_specialize=True):"),
-               # a neighborhood's walk over its full KV boxes
-               (r"for i in range\(0, m0 \* m1 \* m2\):", r"for i in tl.range(0, m0 * m1 * m2, warp_specialize=True):"))
+_NA_FULL_BOXES = (r"for i in range\(0, m0 \* m1 \* m2\):", "for i in tl.range(0, m0 * m1 * m2, warp_specialize=True):")
 
 
-def _warp_specialize(src: str) -> str:
-    out, n = src, 0
-    for pattern, loop in _FULL_LOOPS:
-        out, k = re.subn(pattern, loop, out)
-        n += k
+def _warp_specialize_boxes(src: str) -> str:
+    out, n = re.subn(*_NA_FULL_BOXES, src)
     assert n >= 1, "generated source changed: update the experiment"
+    return out
+
+
+def _label(c: ag.KernelConfig) -> str:
+    return (f"{'halves ' if c.halves else ''}{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}"
+            + (" ws" if c.warp_specialize else ""))
+
+
+def _pairs(*configs: ag.KernelConfig) -> list[ag.KernelConfig]:
+    """Each config without and with warp specialization (4-warp configs: without only)."""
+    out = []
+    for c in configs:
+        c = replace(c, warp_specialize=False)
+        out += [c] + ([replace(c, warp_specialize=True)] if c.num_warps == 8 else [])
     return out
 
 
@@ -44,50 +50,62 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
-    gna = ag.neighborhood((32, 32), stride=(16, 16))
-    blocked3d = ag.neighborhood((8, 16, 16), stride=(8, 16, 16))
-    cases = {"dense D=128": (2, 8192, 128, None, {}), "causal D=128": (2, 8192, 128, ag.causal(), {}),
-             "dense D=64": (4, 4096, 64, None, {}), "causal D=64": (4, 4096, 64, ag.causal(), {}),
-             "GNA 2-D": (1, 128 * 128, 128, gna, {"spatial_shape": (128, 128)}),
-             "blocked 3-D": (1, 16 * 32 * 32, 128, blocked3d, {"spatial_shape": (16, 32, 32)})}
+    C = ag.KernelConfig
+    # case: (B, L, D, mask, call kwargs, configs; None = the shipped choice, neighborhood edits)
+    cases = {
+        "dense D=128": (2, 8192, 128, None, {}, _pairs(C(256, 64, 8, 4, halves=True), C(128, 128, 8, 3))),
+        "causal D=128": (2, 8192, 128, ag.causal(), {}, _pairs(C(128, 128, 8, 3), C(256, 64, 8, 3, halves=True))),
+        "dense D=64": (4, 4096, 64, None, {}, _pairs(C(128, 64, 8, 3))),
+        "causal D=64": (4, 4096, 64, ag.causal(), {}, _pairs(C(64, 64, 4, 3), C(128, 64, 8, 3), C(128, 128, 8, 3))),
+        "GNA 2-D": (1, 128 * 128, 128, ag.neighborhood((32, 32), stride=(16, 16)), {"spatial_shape": (128, 128)}, None),
+        "blocked 3-D": (1, 16 * 32 * 32, 128, ag.neighborhood((8, 16, 16), stride=(8, 16, 16)),
+                        {"spatial_shape": (16, 32, 32)}, None),
+    }
     density = {"GNA 2-D": 1 / 16, "blocked 3-D": 1 / 8}
     runs, flops = {}, {}
-    for case, (B, L, D, mask, kw) in cases.items():
+    for case, (B, L, D, mask, kw, configs) in cases.items():
         q, k, v = (torch.randn(B, 16, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         tag = re.sub(r"\W", "_", case)
-        base = ag.compile(ag.Variant(mask=mask, name=f"ws_base_{tag}"))
-        ws = ag.compile(ag.Variant(mask=mask, name=f"ws_on_{tag}"))
-        use_rewritten(ws, _warp_specialize)
-        with torch.no_grad():
-            ref = base(q, k, v, **kw)
-            print(f"{case}: config {base.last_config} ({base.last_config_source})", flush=True)
-            try:
-                err = (ws(q, k, v, **kw).float() - ref.float()).abs().max().item()
-            except Exception as exc:  # noqa: BLE001 (a kernel Triton cannot compile is reported, not fatal)
-                print(f"{case}: warp_specialize FAILED {type(exc).__name__}: "
-                      f"{str(exc).strip().splitlines()[-1][:160]}", flush=True)
-                ws = None
-            else:
-                print(f"{case}: warp_specialize max |diff| to base {err:.1e}", flush=True)
+        attn = ag.compile(ag.Variant(mask=mask, name=f"ws_{tag}"))
         f = 4 * B * 16 * L * L * D * density.get(case, 0.5 if mask is not None else 1.0)
-        cudnn = sdpa_fn("sdpa_cudnn", q, k, v, causal=mask is not None and not kw)
-        for label, fn in (("base", base), ("warp_specialize", ws)):
-            if fn is not None:
-                runs[(case, label)] = (lambda a=fn, q=q, k=k, v=v, kw=kw: _no_grad(a, q, k, v, **kw))
-                flops[(case, label)] = f
+        if configs is None:  # neighborhoods: the shipped config, the loop edited in a second module
+            edited = ag.compile(ag.Variant(mask=mask, name=f"ws_edited_{tag}"))
+            use_rewritten(edited, _warp_specialize_boxes)
+            variants = {"shipped": (attn, None), "shipped, boxes ws (edited)": (edited, None)}
+        else:
+            variants = {_label(c): (attn, c) for c in configs}
+        ref = None
+        for label, (fn, config) in variants.items():
+            try:
+                with torch.no_grad():
+                    out = fn(q, k, v, config=config, **kw)
+            except Exception as exc:  # noqa: BLE001 (a kernel Triton cannot compile is reported, not fatal)
+                print(f"{case} {label}: FAILED {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}",
+                      flush=True)
+                continue
+            if ref is None:
+                ref = out
+                print(f"{case}: reference config {fn.last_config} ({fn.last_config_source})", flush=True)
+            print(f"{case} {label}: max |diff| to the first {(out.float() - ref.float()).abs().max().item():.1e}",
+                  flush=True)
+            runs[(case, label)] = (lambda a=fn, c=config, q=q, k=k, v=v, kw=kw: _no_grad(a, q, k, v, c, kw))
+            flops[(case, label)] = f
         if not kw:  # cuDNN only where it computes the same function
-            runs[(case, "cudnn")] = cudnn
+            runs[(case, "cudnn")] = sdpa_fn("sdpa_cudnn", q, k, v, causal=mask is not None)
             flops[(case, "cudnn")] = f
     times = interleaved_ms(runs, args.rounds)
     for key, t in times.items():
         rates = [flops[key] / ms / 1e9 for ms in t]
-        print(f"{key[0]:13s} {key[1]:16s}: " + " ".join(f"{x:4.0f}" for x in rates)
-              + f" TFLOP/s (median {sorted(rates)[len(rates) // 2]:.0f})", flush=True)
+        cudnn = times.get((key[0], "cudnn"))
+        ratio = "" if cudnn is None or key[1] == "cudnn" else \
+            f"  vs cuDNN median {sorted(c / m for c, m in zip(cudnn, t))[len(t) // 2]:.3f}"
+        print(f"{key[0]:13s} {key[1]:28s}: " + " ".join(f"{x:4.0f}" for x in rates)
+              + f" TFLOP/s (median {sorted(rates)[len(rates) // 2]:.0f}){ratio}", flush=True)
 
 
-def _no_grad(attn, *args, **kwargs):
+def _no_grad(attn, q, k, v, config, kw):
     with torch.no_grad():
-        return attn(*args, **kwargs)
+        return attn(q, k, v, config=config, **kw)
 
 
 if __name__ == "__main__":
