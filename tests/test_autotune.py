@@ -66,6 +66,8 @@ def test_pruning_rules_on_h100():
     kept, pruned = space.search_space(s, H100_LIMITS, KernelConfig(128, 128, 8, 3))
     assert kept[0] == KernelConfig(128, 128, 8, 3) and len(set(kept)) == len(kept)
     assert all(space.prune_reason(c, s, H100_LIMITS) is None for c in kept[1:])
+    areas = [c.block_m * c.block_n for c in kept[1:]]
+    assert areas == sorted(areas, reverse=True)  # largest tiles timed first: a budget cuts the small ones
     assert len(kept) + len(pruned) == len(space.grid(s))
 
 
