@@ -51,7 +51,7 @@ VARIANTS = {
 }
 
 
-def _tensors(name: str, hq: int) -> dict[str, torch.Tensor]:
+def variant_tensors(name: str, hq: int) -> dict[str, torch.Tensor]:
     out = {}
     if "alibi" in name:
         out["slopes"] = torch.rand(hq, device=DEVICE)
@@ -73,7 +73,7 @@ def test_halves_match_reference(name, config):
     variant, self_attention = VARIANTS[name]
     dtype = torch.bfloat16 if ON_GPU else torch.float32
     for lq, lkv in _lengths(self_attention):
-        check(variant, 2, 4, 2, lq, lkv, 48 if ON_GPU else 24, 32, dtype, config=config, **_tensors(name, 4))
+        check(variant, 2, 4, 2, lq, lkv, 48 if ON_GPU else 24, 32, dtype, config=config, **variant_tensors(name, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.float32] if ON_GPU else []), ids=dtype_id)

@@ -11,6 +11,8 @@ from unittest import mock
 import pytest
 import torch
 from helpers import DEVICE, ON_GPU, check, rel_l2, tolerance
+from test_halves import VARIANTS as HALVES_VARIANTS
+from test_halves import variant_tensors
 
 import attngen as ag
 from attngen.autotune import space
@@ -28,38 +30,11 @@ else:
                ag.KernelConfig(64, 32, 8, 1, halves=True, warp_specialize=True)]
 
 
-@ag.score_mod
-def _alibi(score, b, h, q_idx, kv_idx, slopes):
-    return score - slopes[h] * abs(q_idx - kv_idx)
-
-
-@ag.score_mod
-def _row_bias(score, b, h, q_idx, kv_idx, table):
-    return score + table[q_idx % 7]
-
-
-# name: (variant, self-attention only)
-VARIANTS = {
-    "dense": (ag.Variant(), False),
-    "causal": (ag.Variant(mask=ag.causal()), True),
-    "causal_bottom_right": (ag.Variant(mask=ag.causal(bottom_right=True)), False),
-    "window_two_sided": (ag.Variant(mask=ag.sliding_window(37, 5)), True),
-    "alibi_causal": (ag.Variant(score=_alibi, mask=ag.causal()), True),
-    "row_bias_dense": (ag.Variant(score=_row_bias), False),
-    "sinks_causal": (ag.Variant(mask=ag.causal(), norm=ag.softmax(sink=True)), True),
-    "sigmoid_causal": (ag.Variant(mask=ag.causal(), norm=ag.sigmoid()), True),
-}
-
-
-def _tensors(name: str, hq: int) -> dict[str, torch.Tensor]:
-    out = {}
-    if "alibi" in name:
-        out["slopes"] = torch.rand(hq, device=DEVICE)
-    if "row_bias" in name:
-        out["table"] = torch.randn(7, device=DEVICE)
-    if "sinks" in name:
-        out["sinks"] = torch.randn(hq, device=DEVICE)
-    return out
+# the two-halves tests' dense and band variants (plain, score_mod, tile reads, sinks, bottom-right
+# causal, two-sided windows), plus sigmoid weights; name: (variant, self-attention only)
+VARIANTS = {name: HALVES_VARIANTS[name] for name in ("dense", "causal", "causal_bottom_right", "window_two_sided",
+                                                      "alibi_causal", "row_bias_dense", "sinks_window")}
+VARIANTS["sigmoid_causal"] = (ag.Variant(mask=ag.causal(), norm=ag.sigmoid()), True)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: config_label(c).replace(" ", "_"))
@@ -78,7 +53,7 @@ def test_warp_specialized_forward_matches_reference(name, config):
             out = ag.compile(variant)(q, k, v, config=config)
             assert rel_l2(out, ag.reference(variant)(q, k, v)) <= tolerance(dtype)
         else:
-            check(variant, 2, 4, 2, lq, lkv, d, dv, dtype, config=config, **_tensors(name, 4))
+            check(variant, 2, 4, 2, lq, lkv, d, dv, dtype, config=config, **variant_tensors(name, 4))
 
 
 def test_warp_specialized_forward_and_backward():
