@@ -11,7 +11,7 @@ get every 8-warp candidate with its full-tile loop warp-specialized
 (``KernelConfig.warp_specialize``: Triton 3.6's automatic producer/consumer split; its
 pass fails on 4 warps). Triton 3.6 offers two more Hopper options, tensor-descriptor (TMA)
 loads and persistent programs; neither beat the pointer loads and one program per tile on the H100
-(benchmarks/NOTES.md: TMA loads in sessions 4 and 11, a persistent block-sparse
+(benchmarks/NOTES.md: TMA loads in sessions 4, 11 and 15, a persistent block-sparse
 forward in "2026-11-24: neighborhood attention"), so the generated kernels do not have them.
 
 Pruning rules (each one names why in ``Pruned.reason``):
