@@ -23,7 +23,8 @@ from attngen.autotune.tuner import config_label
 # GPU: the shipped causal config, a smaller 8-warp tile and the dense two-halves default.
 # Interpreter: tiles it runs quickly (warps mean nothing there; warp_specialize needs 8).
 if ON_GPU:
-    CONFIGS = [ag.KernelConfig(128, 128, 8, 3, warp_specialize=True), ag.KernelConfig(64, 64, 8, 2, warp_specialize=True),
+    CONFIGS = [ag.KernelConfig(128, 128, 8, 3, warp_specialize=True),
+               ag.KernelConfig(64, 64, 8, 2, warp_specialize=True),
                ag.KernelConfig(256, 64, 8, 4, halves=True, warp_specialize=True)]
 else:
     CONFIGS = [ag.KernelConfig(32, 16, 8, 1, warp_specialize=True),

@@ -21,8 +21,9 @@ import torch
 import triton
 
 import attngen as ag
-from bench_common import sdpa_fn  # noqa: E402 (benchmarks/ on the path)
-from rewritten import interleaved_ms, use_rewritten  # noqa: E402 (this folder)
+from bench_common import alibi_score, alibi_slopes, sdpa_fn  # noqa: E402 (benchmarks/ on the path)
+from compare_cases import softcap_score  # noqa: E402 (the comparison's soft-capping at 30)
+from rewritten import call_no_grad, interleaved_ms, print_rates, use_rewritten  # noqa: E402 (this folder)
 
 
 def _tma(src: str) -> str:
@@ -54,16 +55,6 @@ def _tma(src: str) -> str:
     return out
 
 
-@ag.score_mod
-def _softcap(score, b, h, q_idx, kv_idx):
-    return 30.0 * torch.tanh(score / 30.0)
-
-
-@ag.score_mod
-def _alibi(score, b, h, q_idx, kv_idx, slopes):
-    return score - slopes[h] * abs(q_idx - kv_idx)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -76,8 +67,8 @@ def main() -> None:
     cases = {
         "window 1024 causal D=128": (2, 8192, 128, {"mask": ag.causal() & ag.sliding_window(1024)}, 1024.5 / 8192,
                                      [C(64, 64, 4, 3), C(128, 64, 8, 3)]),
-        "softcap dense D=128": (2, 8192, 128, {"score": _softcap}, 1.0, [C(64, 64, 4, 3), C(128, 128, 8, 3)]),
-        "alibi causal D=128": (2, 8192, 128, {"score": _alibi, "mask": ag.causal()}, 0.5, [C(64, 64, 4, 3)]),
+        "softcap dense D=128": (2, 8192, 128, {"score": softcap_score}, 1.0, [C(64, 64, 4, 3), C(128, 128, 8, 3)]),
+        "alibi causal D=128": (2, 8192, 128, {"score": alibi_score, "mask": ag.causal()}, 0.5, [C(64, 64, 4, 3)]),
         "causal D=64": (4, 4096, 64, {"mask": ag.causal()}, 0.5, [C(64, 64, 4, 3)]),
         "dense D=128": (2, 8192, 128, {}, 1.0, [C(128, 128, 8, 3)]),
         "causal D=128": (2, 8192, 128, {"mask": ag.causal()}, 0.5, [C(128, 128, 8, 3, warp_specialize=True),
@@ -86,7 +77,7 @@ def main() -> None:
     runs, flops = {}, {}
     for case, (B, L, D, kw, density, configs) in cases.items():
         q, k, v = (torch.randn(B, 16, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        extra = {"slopes": torch.rand(16, device="cuda")} if "alibi" in case else {}
+        extra = {"slopes": alibi_slopes(16).cuda()} if "alibi" in case else {}
         tag = re.sub(r"\W", "_", case)
         base = ag.compile(ag.Variant(**kw, name=f"tma_base_{tag}"))
         tma = ag.compile(ag.Variant(**kw, name=f"tma_on_{tag}"))
@@ -105,21 +96,12 @@ def main() -> None:
             f = 4 * B * 16 * L * L * D * density
             for name, fn in (("pointers", base), ("tma", tma if err is not None else None)):
                 if fn is not None:
-                    runs[(case, f"{label} {name}")] = (lambda a=fn, c=c, q=q, k=k, v=v, e=extra: _no_grad(a, q, k, v, c, e))
+                    runs[(case, f"{label} {name}")] = (lambda a=fn, c=c, q=q, k=k, v=v, e=extra: call_no_grad(a, q, k, v, config=c, **e))
                     flops[(case, f"{label} {name}")] = f
         if not kw.get("score") and "window" not in case:
             runs[(case, "cudnn")] = sdpa_fn("sdpa_cudnn", q, k, v, causal="mask" in kw)
             flops[(case, "cudnn")] = 4 * B * 16 * L * L * D * density
-    times = interleaved_ms(runs, args.rounds)
-    for key, t in times.items():
-        rates = [flops[key] / ms / 1e9 for ms in t]
-        print(f"{key[0]:26s} {key[1]:24s}: " + " ".join(f"{x:4.0f}" for x in rates)
-              + f" TFLOP/s (median {sorted(rates)[len(rates) // 2]:.0f})", flush=True)
-
-
-def _no_grad(attn, q, k, v, config, extra):
-    with torch.no_grad():
-        return attn(q, k, v, config=config, **extra)
+    print_rates(interleaved_ms(runs, args.rounds), flops, 52, vs="cudnn")
 
 
 if __name__ == "__main__":

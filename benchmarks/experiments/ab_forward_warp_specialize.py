@@ -20,7 +20,7 @@ import triton
 
 import attngen as ag
 from bench_common import sdpa_fn  # noqa: E402 (benchmarks/ on the path)
-from rewritten import interleaved_ms, use_rewritten  # noqa: E402 (this folder)
+from rewritten import call_no_grad, interleaved_ms, print_rates, use_rewritten  # noqa: E402 (this folder)
 
 _NA_FULL_BOXES = (r"for i in range\(0, m0 \* m1 \* m2\):", "for i in tl.range(0, m0 * m1 * m2, warp_specialize=True):")
 
@@ -88,24 +88,12 @@ def main() -> None:
                 print(f"{case}: reference config {fn.last_config} ({fn.last_config_source})", flush=True)
             print(f"{case} {label}: max |diff| to the first {(out.float() - ref.float()).abs().max().item():.1e}",
                   flush=True)
-            runs[(case, label)] = (lambda a=fn, c=config, q=q, k=k, v=v, kw=kw: _no_grad(a, q, k, v, c, kw))
+            runs[(case, label)] = (lambda a=fn, c=config, q=q, k=k, v=v, kw=kw: call_no_grad(a, q, k, v, config=c, **kw))
             flops[(case, label)] = f
         if not kw:  # cuDNN only where it computes the same function
             runs[(case, "cudnn")] = sdpa_fn("sdpa_cudnn", q, k, v, causal=mask is not None)
             flops[(case, "cudnn")] = f
-    times = interleaved_ms(runs, args.rounds)
-    for key, t in times.items():
-        rates = [flops[key] / ms / 1e9 for ms in t]
-        cudnn = times.get((key[0], "cudnn"))
-        ratio = "" if cudnn is None or key[1] == "cudnn" else \
-            f"  vs cuDNN median {sorted(c / m for c, m in zip(cudnn, t))[len(t) // 2]:.3f}"
-        print(f"{key[0]:13s} {key[1]:28s}: " + " ".join(f"{x:4.0f}" for x in rates)
-              + f" TFLOP/s (median {sorted(rates)[len(rates) // 2]:.0f}){ratio}", flush=True)
-
-
-def _no_grad(attn, q, k, v, config, kw):
-    with torch.no_grad():
-        return attn(q, k, v, config=config, **kw)
+    print_rates(interleaved_ms(runs, args.rounds), flops, 42, vs="cudnn")
 
 
 if __name__ == "__main__":

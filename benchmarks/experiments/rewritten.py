@@ -58,13 +58,19 @@ def interleaved_ms(runs: dict, rounds: int, rep: float = 200) -> dict:
     return times
 
 
-def print_rates(times: dict, flops: dict | float, width: int = 26) -> None:
-    """One line per key: TFLOP/s per round and their median (``flops`` per key, or one for all)."""
+def print_rates(times: dict, flops: dict | float, width: int = 26, vs: str | None = None) -> None:
+    """One line per key: TFLOP/s per round and their median (``flops`` per key, or one for all).
+    ``vs``: keys are (case, label) pairs, and each line also gives the median per-round speed
+    ratio to its case's ``(case, vs)`` entry, where there is one."""
     for key, t in times.items():
         f = flops[key] if isinstance(flops, dict) else flops
         r = [f / ms / 1e9 for ms in t]
-        print(f"{str(key):{width}s}: " + " ".join(f"{x:5.0f}" for x in r)
-              + f"  TFLOP/s (median {sorted(r)[len(r) // 2]:.0f})", flush=True)
+        base = times.get((key[0], vs)) if vs is not None and key[1] != vs else None
+        ratio = "" if base is None else \
+            f"  vs {vs} median {sorted(b / m for b, m in zip(base, t))[len(t) // 2]:.3f}"
+        name = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+        print(f"{name:{width}s}: " + " ".join(f"{x:5.0f}" for x in r)
+              + f"  TFLOP/s (median {sorted(r)[len(r) // 2]:.0f}){ratio}", flush=True)
 
 
 def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], rounds: int,
@@ -100,7 +106,7 @@ def neighborhood_ab(cases: dict, old_edit: Callable, labels: tuple[str, str], ro
                                               torch.autograd.grad(a(q, k, v, spatial_shape=s), (q, k, v), do))
             if forward:
                 runs[(name, label, "fwd")] = (lambda a=attn, q=q, k=k, v=v, s=shape:
-                                              _no_grad(a, q, k, v, spatial_shape=s))
+                                              call_no_grad(a, q, k, v, spatial_shape=s))
     times = interleaved_ms(runs, rounds)
     for (name, label, mode), t in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][2])):
         print(f"{name:24s} {mode:7s} {label:20s}: " + " ".join(f"{x:.3f}" for x in t)
@@ -122,7 +128,8 @@ def neighborhood_ab_cli(doc: str, cases: dict, old_edit: Callable, labels: tuple
     neighborhood_ab(cases, old_edit, labels, ap.parse_args().rounds)
 
 
-def _no_grad(attn, *args, **kwargs):
+def call_no_grad(attn, *args, **kwargs):
+    """``attn(*args, **kwargs)`` under torch.no_grad (forward-only timing)."""
     import torch
 
     with torch.no_grad():
