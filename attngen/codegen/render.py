@@ -8,7 +8,6 @@ expression (``printer.TritonPrinter``). The loop structure lives in the template
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import sympy
 
@@ -16,12 +15,11 @@ from .. import __version__
 from .._resources import template_dir
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SCORE, SM_SCALE
 from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR
-from ..ir.nodes import Sigmoid, Softmax
+from ..ir.nodes import Linear, Sigmoid, Softmax
 from ..passes.normalization import CHUNKED_LINEAR, ONLINE_SOFTMAX
+from .environment import template_environment
 from .printer import HostPrinter, TritonPrinter
-
-if TYPE_CHECKING:
-    import jinja2
+from .render_linear import render as render_linear
 
 TEMPLATE = "attention_fwd.py.j2"
 
@@ -331,23 +329,11 @@ def backward_context(ir: KernelIR, printer: TritonPrinter, tensors: dict[str, Te
     }
 
 
-def _environment() -> jinja2.Environment:
-    # Imported here: only generating a module needs Jinja2, and a compile that finds its
-    # module in the disk cache should not pay for the import.
-    import jinja2
-
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), trim_blocks=True,
-                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
-                              autoescape=False)
-
-
 def render(ir: KernelIR) -> str:
     """The Triton module for ``ir`` (deterministic: same IR, same bytes)."""
     if ir.algorithm == CHUNKED_LINEAR:  # its own template and context: render_linear.py
-        from .render_linear import render as render_linear
-
         return render_linear(ir)
-    return _environment().get_template(TEMPLATE).render(**build_context(ir, ir.to_text()))
+    return template_environment().get_template(TEMPLATE).render(**build_context(ir, ir.to_text()))
 
 
 def template_sources() -> str:
@@ -360,9 +346,8 @@ def render_generated_test(name: str, variant_text: str, kernel_ir: str) -> str:
     for text in (variant_text, kernel_ir):
         if '"""' in text or "\\" in text:
             raise ValueError("IR text cannot be embedded in a Python string literal")
-    from ..ir.nodes import Linear
-    from ..ir.text import loads
+    from ..ir.text import loads  # late: only the CLI's generated tests parse text here
 
-    return _environment().get_template("test_kernel.py.j2").render(
+    return template_environment().get_template("test_kernel.py.j2").render(
         version=__version__, name=name, test_file=f"test_{name}.py", variant_text=variant_text,
         kernel_ir=kernel_ir, linear=isinstance(loads(variant_text).norm, Linear))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .. import __version__
 from ..ir.kernel import BAND, DENSE, KernelIR
 from ..ir.nodes import Linear
+from .environment import template_environment
 
 TEMPLATE = "linear_attention.py.j2"
 EPS = "1e-6"  # SEMANTICS.md: sum_j w_ij phi(q_i).phi(k_j) + 1e-6
@@ -39,6 +40,4 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
 
 def render(ir: KernelIR) -> str:
     """The Triton module for ``ir`` (deterministic: same IR, same bytes)."""
-    from .render import _environment  # the shared Jinja2 environment (same options as every template)
-
-    return _environment().get_template(TEMPLATE).render(**build_context(ir, ir.to_text()))
+    return template_environment().get_template(TEMPLATE).render(**build_context(ir, ir.to_text()))

@@ -18,7 +18,7 @@ import torch
 
 from ..ir.expr import (B, FloorDiv, is_boolean, piecewise, reads_tensor, H, KV_IDX, Q_IDX, SCORE, check_tensor_name,
                        tensor_read, undefined_value)
-from ..ir.nodes import Mask, MaskMod, ScoreMod
+from ..ir.nodes import Mask, MaskMod, ScoreMod, register_coercions
 
 
 class TraceError(TypeError):
@@ -406,3 +406,8 @@ def as_mask(obj: Any, what: str = "mask") -> Mask:
     if callable(obj):
         return trace_mask_mod(obj)
     raise TypeError(f"{what} must be a mask (ag.causal(), a mask_mod, ...), got {type(obj).__name__}")
+
+
+# ag.Variant(score=fn, mask=ag.causal() & fn) traces plain functions through these; the IR
+# cannot import the frontend (it sits below it), so the frontend hands them over.
+register_coercions(score=as_score_mod, mask=as_mask)

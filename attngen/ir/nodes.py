@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import sympy
 
@@ -124,10 +124,28 @@ class Mask:
         return mask_tensors(self)
 
 
-def _as_mask(other: object, op: str) -> Mask:
-    from ..frontend.trace import as_mask  # late: the frontend wraps plain callables
+# Plain Python functions become MaskMod / ScoreMod leaves by tracing them, which is the
+# frontend's job. The IR imports nothing above it, so the frontend registers its coercions
+# here when it is imported (``import attngen`` imports it before anything else).
+_COERCIONS: dict[str, Callable[..., object]] = {}
 
-    return as_mask(other, f"operand of '{op}'")
+
+def register_coercions(*, score: Callable[[object], "ScoreMod"], mask: Callable[[object, str], Mask]) -> None:
+    """Install the functions that turn a plain callable into a ``ScoreMod`` / ``Mask``."""
+    _COERCIONS["score"], _COERCIONS["mask"] = score, mask
+
+
+def _coerce(kind: str, obj: object, *args: object):
+    coerce = _COERCIONS.get(kind)
+    if coerce is None:
+        raise RuntimeError(f"cannot turn {type(obj).__name__} into a {kind}: attngen.frontend is not imported")
+    return coerce(obj, *args)
+
+
+def _as_mask(other: object, op: str) -> Mask:
+    if isinstance(other, Mask):
+        return other
+    return _coerce("mask", other, f"operand of '{op}'")
 
 
 @dataclass(frozen=True)
@@ -350,12 +368,10 @@ class Variant:
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        from ..frontend.trace import as_mask, as_score_mod  # late: avoids an import cycle
-
         if self.score is not None and not isinstance(self.score, ScoreMod):
-            object.__setattr__(self, "score", as_score_mod(self.score))
+            object.__setattr__(self, "score", _coerce("score", self.score))
         if self.mask is not None and not isinstance(self.mask, Mask):
-            object.__setattr__(self, "mask", as_mask(self.mask, "mask"))
+            object.__setattr__(self, "mask", _coerce("mask", self.mask, "mask"))
         if not isinstance(self.norm, (Softmax, Sigmoid, Linear)):
             raise TypeError(f"norm must be ag.softmax(), ag.sigmoid() or ag.linear(), got {self.norm!r}")
         if self.name is not None:

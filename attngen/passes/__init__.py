@@ -9,7 +9,7 @@ from typing import Callable
 from ..ir.kernel import KernelIR
 from ..ir.nodes import Variant
 from . import cse, exp2, geometry, normalization, score_mask, simplify, tiles  # noqa: F401 - registration
-from .normalization import UnsupportedVariant
+from .errors import UnsupportedVariant
 from .pipeline import REGISTRY, pass_order, run_passes
 
 

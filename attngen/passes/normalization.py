@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from ..ir.kernel import KernelIR
 from ..ir.nodes import Causal, Linear, Sigmoid, Softmax
+from .errors import UnsupportedVariant
 from .pipeline import compiler_pass
 
 ONLINE_SOFTMAX = "online_softmax"
 SIGMOID = "sigmoid"
 CHUNKED_LINEAR = "chunked_linear"
-
-
-class UnsupportedVariant(NotImplementedError):
-    """The variant is valid IR but this version of attngen cannot compile it yet."""
 
 
 def _lower_linear(ir: KernelIR) -> KernelIR:

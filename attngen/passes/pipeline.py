@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..ir.kernel import KernelIR
+from .errors import UnsupportedVariant
 
 PassFn = Callable[[KernelIR], KernelIR]
 
@@ -78,8 +79,6 @@ def run_passes(ir: KernelIR, after_each: Callable[[str, KernelIR], None] | None 
         try:
             ir = p.fn(ir).replace(passes=ir.passes + (p.name,))
         except RecursionError:  # sympy canonicalizing some conditions forever
-            from .normalization import UnsupportedVariant
-
             raise UnsupportedVariant(
                 f"variant '{ir.name}': sympy cannot rewrite an expression of this variant (endless recursion "
                 f"in pass {p.name}); restate the condition, e.g. move terms to one side") from None

@@ -24,7 +24,7 @@ import sympy
 from ..ir.expr import KV_IDX, Q_IDX, B, H, InNeighborhood, tensor_read
 from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, Band, KernelIR
 from ..ir.nodes import AndMask, Document, Mask, MaskMod, Neighborhood, NotMask, OrMask
-from .normalization import UnsupportedVariant
+from .errors import UnsupportedVariant
 from .pipeline import compiler_pass
 
 
