@@ -8,13 +8,12 @@ slopes' gradient comes from fp32 atomics; last, since Flex's gradient of capture
 can run out of memory); 2-D neighborhood 128x128 tokens with a 31x31 window (B=1, H=16). One training step is ``attn(q, k, v).backward(dout)``; TFLOP/s count
 attended entries x 4 x D x 3.5 (forward + backward), as PEERS.md does. Gradients are
 checked against Flex's (relative L2). ``--sweep`` also times other backward tile configs
-for each case. Writes DIR/backward.md (default $OUT, else benchmarks/results/latest).
+for each case. Writes DIR/backward.md (default $OUT, else benchmarks/results/backward/).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,9 @@ from attngen.testing import relative_error
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import alibi_score, alibi_slopes  # noqa: E402
-from bench_neighborhood import NACase, axis_attended, na_mask_mod  # noqa: E402
+from neighborhood_cases import NACase, axis_attended  # noqa: E402
+from neighborhood_peers import na_mask_mod  # noqa: E402
+from result_files import default_out, git_commit  # noqa: E402
 
 D = 128
 WINDOW = 1024
@@ -155,7 +156,7 @@ def run_case(case: Case, flex, sweep: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results/latest"))
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else benchmarks/results/backward/)")
     parser.add_argument("--cases", help="comma-separated case keys (default: all)")
     parser.add_argument("--sweep", action="store_true", help="also time other backward tile configs")
     args = parser.parse_args()
@@ -175,13 +176,14 @@ def main() -> int:
     header = [
         "# attngen forward+backward benchmark", "",
         f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
-        f"- GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, Triton {triton.__version__}",
+        f"- GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, Triton {triton.__version__}, "
+        f"attngen {ag.__version__} (commit {git_commit()})",
         f"- bf16, D={D}; one step = forward + backward; median of do_bench(25, 100)",
         "- TFLOP/s = 4 x attended entries x D x 3.5; x = attngen / Flex; err = max relative L2 of the gradients "
         "(q, k, v and learnable tensors) against Flex's; fwd = forward alone (no grad), attngen / Flex", "",
         "| case | attngen (TFLOP/s) | FlexAttention | x Flex | fwd | grad err |", "|---|---|---|---|---|---|",
     ]
-    out = Path(args.out)
+    out = args.out or default_out("backward")
     out.mkdir(parents=True, exist_ok=True)
     (out / "backward.md").write_text("\n".join(header + rows) + "\n")
     print(f"wrote {out / 'backward.md'}")

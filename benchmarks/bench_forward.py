@@ -19,7 +19,7 @@ the script, in one process and on the same random inputs:
 correctness too), within a time budget, to inform the launch heuristics.
 
 Results go to DIR/forward.md and DIR/forward.json (DIR defaults to $OUT, else
-benchmarks/results/); the main markdown table is printed last. A backend that fails is
+benchmarks/results/forward/); the main markdown table is printed last. A backend that fails is
 recorded as "n/a (reason)" and the run goes on.
 """
 from __future__ import annotations
@@ -44,26 +44,19 @@ import attngen as ag
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import sdpa_fn  # noqa: E402
-from bench_compile import git_commit  # noqa: E402,F401 (the standard-library-only script keeps it; others call bf.git_commit)
 from report import (  # benchmarks/ is a folder of scripts: report.py sits beside this one
     BACKENDS, CASES, MAX_REL_ERR, BackendError, Case, CaseResult, Fn, Inputs, Measurement, SweepPoint, SweepResult,
     Tensor, attention_flops, config_label, full_markdown, is_correct, markdown_header, markdown_table, min_bytes,
     relative_l2, short_reason, sweep_configs, sweep_markdown, tflops, to_json, write_results,
 )
+from result_files import default_out, git_commit  # noqa: E402
 
 # --------------------------------------------------------------------------- arguments, environment
 
 
-def default_out_dir(environ: dict[str, str] | None = None) -> Path:
-    environ = os.environ if environ is None else environ
-    if environ.get("OUT"):
-        return Path(environ["OUT"])
-    return Path(__file__).resolve().parent / "results"
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else benchmarks/results/)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else benchmarks/results/forward/)")
     p.add_argument("--sweep", action="store_true", help="also time attngen under a grid of KernelConfigs")
     p.add_argument("--warmup", type=float, default=25.0, help="do_bench warm-up, ms (default 25)")
     p.add_argument("--rep", type=float, default=100.0, help="do_bench repetition time, ms (default 100)")
@@ -74,7 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="base seed of the random inputs")
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = default_out_dir()
+        args.out = default_out("forward")
     return args
 
 

@@ -16,7 +16,7 @@ compared with fla's, and its output with the float64 reference on a prefix of on
 of triton.testing.do_bench; "forward" runs under no_grad, "fwd+bwd" is one
 ``out.backward(dout)`` step. fla is imported if installed, else unpacked from
 .whl/fla_core-*.whl into the temp folder (see load_fla). Writes DIR/linear.md and
-DIR/linear.json (DIR: --out, else $OUT, else benchmarks/results/latest-linear).
+DIR/linear.json (DIR: --out, else $OUT, else benchmarks/results/linear/; --smoke: a temporary folder).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from attngen.library import builtin
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import alibi_slopes  # noqa: E402 - benchmarks/ is a folder of scripts
 from report import relative_l2, short_reason  # noqa: E402
+from result_files import default_out, git_commit  # noqa: E402
 
 MAX_REL_ERR = 2e-2  # bf16 inputs; above this a backend is flagged WRONG
 
@@ -81,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.batch, args.heads, args.dim = 1, 2, 32
         args.lengths = args.lengths or "64,96"
     args.lengths = [int(x) for x in (args.lengths or "2048,4096,16384").split(",")]
-    args.out = args.out or Path(os.environ.get("OUT") or Path(__file__).resolve().parent / "results/latest-linear")
+    args.out = args.out or default_out("linear", args.smoke)
     return args
 
 
@@ -257,7 +258,8 @@ def cell(row: dict, name: str, key: str) -> str:
 def markdown(env: dict, rows: list[dict], points: list[dict]) -> str:
     lines = [
         "# attngen linear attention benchmark", "",
-        f"- date (UTC): {env['date_utc']}; device: {env['device']}; torch {env['torch']}, Triton {env['triton']}",
+        f"- date (UTC): {env['date_utc']}; device: {env['device']}; torch {env['torch']}, Triton {env['triton']}, "
+        f"attngen {env.get('attngen', '?')} (commit {env.get('commit', '?')})",
         f"- B={env['B']} H={env['H']} D=Dv={env['D']}, {env['dtype']}, causal, per-head decay (Lightning/ALiBi "
         "rates), no feature map, no normalizer (attngen `lightning` = fla chunk_simple_gla(g_gamma, scale=1.0))",
         "- ms: median of do_bench; (xR) = that backend's time / attngen linear's (R > 1: attngen faster)",
@@ -294,7 +296,8 @@ def main(argv=None) -> int:
 
     env = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
            "device": torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter)",
-           "torch": torch.__version__, "triton": triton.__version__, "B": args.batch, "H": args.heads,
+           "torch": torch.__version__, "triton": triton.__version__, "attngen": ag.__version__,
+           "commit": git_commit(), "B": args.batch, "H": args.heads,
            "D": args.dim, "dtype": str(dtype).replace("torch.", ""), "lengths": args.lengths,
            "fwd_config": str(args.fwd_config), "bwd_config": str(args.bwd_config)}
     bench = timer(args, cuda)

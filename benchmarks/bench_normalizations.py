@@ -6,13 +6,13 @@ softmax and FlexAttention's softmax (which cannot change the normalization).
 bf16, B=2, H=16, L=8192, D=128, dense and causal (issue "Beyond softmax"), forward and
 forward+backward. TFLOP/s count attended entries: 4 x B x H x entries x D forward, x3.5 for
 forward+backward. Each attngen output is checked against the float64 reference on a sample
-of query rows first. Writes DIR/normalizations.md (default $OUT, else benchmarks/results/latest).
+of query rows first. Writes DIR/normalizations.md (default $OUT, else benchmarks/results/normalizations/).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +20,9 @@ import triton
 
 import attngen as ag
 from attngen.testing import relative_error
+
+sys.path.insert(0, str(Path(__file__).parent))
+from result_files import default_out, git_commit  # noqa: E402 - benchmarks/ is a folder of scripts
 
 D = 128
 
@@ -45,7 +48,8 @@ def check_rows(variant: ag.Variant, q, k, v, tensors, rows: int = 64) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results/latest"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: $OUT, else benchmarks/results/normalizations/)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (checks the script, not the GPU)")
     args = parser.parse_args()
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -84,14 +88,15 @@ def main() -> int:
     header = [
         "# attngen normalization benchmark", "",
         f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
-        f"- GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, Triton {triton.__version__}",
+        f"- GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, Triton {triton.__version__}, "
+        f"attngen {ag.__version__} (commit {git_commit()})",
         f"- bf16, B={B} H={H} L={L} D={D}; median of do_bench(25, 100); TFLOP/s on attended entries "
         "(x3.5 for forward+backward); x = attngen softmax's time / this row's (>1: faster); err = relative L2 "
         "of 64 query rows against the float64 reference", "",
         "| mask | kernel | forward | x softmax | forward+backward | x softmax | err |",
         "|---|---|---|---|---|---|---|",
     ]
-    out = Path(args.out)
+    out = args.out or default_out("normalizations")
     out.mkdir(parents=True, exist_ok=True)
     (out / "normalizations.md").write_text("\n".join(header + rows) + "\n")
     print(f"wrote {out / 'normalizations.md'}")

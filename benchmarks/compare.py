@@ -24,7 +24,7 @@ cannot express the case as "-".
 Writes DIR/compare.md (header with date, GPU and versions, one table per family),
 DIR/compare.json (every number), DIR/compare.png (all families) and DIR/plots.tar.gz with
 plots/<family>.png (also written loose unless DIR is $OUT: the device tool returns at most 8
-files). DIR defaults to $OUT, else benchmarks/results/latest. Results are rewritten after
+files). DIR defaults to $OUT, else benchmarks/results/compare/ (--smoke: a temporary folder). Results are rewritten after
 every case, so a run cut short keeps what it measured.
 """
 from __future__ import annotations
@@ -45,10 +45,11 @@ import attngen as ag  # first: without a GPU it selects the Triton interpreter b
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as common  # noqa: E402 - benchmarks/ is a folder of scripts
 import bench_forward as bf  # noqa: E402
-import bench_neighborhood as bn  # noqa: E402
 import compare_cases as cc  # noqa: E402
 import compare_report as cr  # noqa: E402
+from device_timing import first_call, time_ms  # noqa: E402
 from report import Measurement, relative_l2, short_reason, tflops  # noqa: E402
+from result_files import default_out, git_commit, write_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 START = time.monotonic()
@@ -62,7 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None,
                    help="output folder for compare.md/.json/.png and plots (default: $OUT, else "
-                        "benchmarks/results/latest)")
+                        "benchmarks/results/compare/)")
     p.add_argument("--families", default=None,
                    help="comma-separated families to run (default: all): " + ", ".join(cr.FAMILIES))
     p.add_argument("--cases", default=None,
@@ -91,7 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="print the selected cases and exit")
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results" / "latest"
+        args.out = default_out("compare", args.smoke)
     args.modes = split_choices(p, "--modes", args.modes, cr.MODES)
     args.families = split_choices(p, "--families", args.families, tuple(cr.FAMILIES))
     return args
@@ -127,7 +128,7 @@ def log(msg: str) -> None:
 
 
 def environment(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    return {**common.run_environment(device, dtype, bf.git_commit()), "fla": None, "smoke": args.smoke,
+    return {**common.run_environment(device, dtype, git_commit()), "fla": None, "smoke": args.smoke,
             "warmup_ms": args.warmup, "rep_ms": args.rep, "seed": args.seed, "families": args.families,
             "modes": args.modes}
 
@@ -150,8 +151,8 @@ def write_outputs(out: Path, env: dict[str, Any], rows: Sequence[cr.Row], parts:
     """compare.md and compare.json, each replaced atomically; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
     text = cr.markdown(env, rows, parts, plot_note)
-    bn.write_text(out / "compare.md", text)
-    bn.write_text(out / "compare.json", json.dumps(cr.to_json(env, rows, parts), indent=2, allow_nan=True) + "\n")
+    write_atomic(out / "compare.md", text)
+    write_atomic(out / "compare.json", json.dumps(cr.to_json(env, rows, parts), indent=2, allow_nan=True) + "\n")
     return text
 
 
@@ -177,7 +178,7 @@ def first_result(fn: cc.Fn, inp: cc.Inputs, mode: str, device: torch.device):
     forward+backward."""
     if mode == "fwd":
         with torch.no_grad():
-            return bn.first_call(fn, device), None
+            return first_call(fn, device), None
 
     def step() -> torch.Tensor:
         inp.zero_grad()
@@ -185,7 +186,7 @@ def first_result(fn: cc.Fn, inp: cc.Inputs, mode: str, device: torch.device):
         out.backward(inp.dout)
         return out
 
-    out = bn.first_call(step, device)
+    out = first_call(step, device)
     return out.detach(), inp.grads()
 
 
@@ -195,7 +196,7 @@ def timed_step(fn: cc.Fn, inp: cc.Inputs, mode: str) -> cc.Fn:
 
 def time_backend(fn: cc.Fn, inp: cc.Inputs, mode: str, device: torch.device, args: argparse.Namespace) -> float:
     with torch.set_grad_enabled(mode == "fwdbwd"):
-        return bn.time_ms(timed_step(fn, inp, mode), device, args.warmup, args.rep)
+        return time_ms(timed_step(fn, inp, mode), device, args.warmup, args.rep)
 
 
 def reference_checks(backend: str, result, ref: cc.Reference) -> list[cr.Check]:

@@ -13,7 +13,8 @@ import torch
 
 import attngen as ag  # first: without a GPU it selects the Triton interpreter before triton is imported
 import bench_common as common
-import bench_neighborhood as bn
+import neighborhood_cases as na_cases
+import neighborhood_peers as na_peers
 from attngen.library import builtin
 from bench_linear import alibi_decay, load_fla
 from compare_report import ATTNGEN, FAMILIES, SDPA
@@ -46,7 +47,7 @@ class Case:
     flex_score: Callable[[dict], Callable] | None = None  # runtime tensors -> score_mod
     flex_per_batch: bool = False  # the mask reads per-sequence tensors: one BlockMask row per batch
     sdpa_causal: bool = False
-    na: bn.NACase | None = None
+    na: na_cases.NACase | None = None
     layout: str = "bhld"  # "blhd": fla's (B, L, H, D) memory, which attngen and SDPA read through views
     tensors: dict[str, Callable[["Case"], Tensor]] = field(default_factory=dict)  # name -> CPU tensor maker
     computes: dict[str, ag.Variant] = field(default_factory=dict)  # backends computing another function
@@ -102,25 +103,26 @@ class Sizes:
     second: tuple[int, int, int, int]  # the other dense/causal shape (B, H, L, D)
     window: int
     docs: int
-    na: tuple[bn.NACase, ...]
+    na: tuple[na_cases.NACase, ...]
     na_main: str
     linear: tuple[int, int, int]  # B, H, D
     linear_lengths: tuple[int, ...]
     linear_main: int
 
 
-def _na(pool: tuple[bn.NACase, ...], keys: tuple[str, ...]) -> tuple[bn.NACase, ...]:
+def _na(pool: tuple[na_cases.NACase, ...], keys: tuple[str, ...]) -> tuple[na_cases.NACase, ...]:
     by_key = {c.key: c for c in pool}
     return tuple(by_key[k] for k in keys)
 
 
-NA_KEYS = ("na1d", "na2d_31", "na3d")  # bench_neighborhood's 1-D 32768 k2047, 2-D 128x128 k31, 3-D 16x32x32 k7x15x15
-FULL = Sizes(2, 16, 8192, 128, (4, 16, 4096, 64), 1024, 4, _na(bn.CASES, NA_KEYS), "na2d_31",
+NA_KEYS = ("na1d", "na2d_31", "na3d")  # the neighborhood benchmark's 1-D k2047, 2-D 128x128 k31, 3-D k7x15x15
+FULL = Sizes(2, 16, 8192, 128, (4, 16, 4096, 64), 1024, 4, _na(na_cases.CASES, NA_KEYS), "na2d_31",
              (8, 32, 128), (2048, 4096, 16384), 4096)
-# smoke neighborhoods: two 64-token tiles each, one head (bench_neighborhood's smoke cases take seconds
+# smoke neighborhoods: two 64-token tiles each, one head (the neighborhood benchmark's smoke cases take seconds
 # per forward+backward under the interpreter)
-SMOKE_NA = (bn.NACase("na1d", (128,), (15,), B=1, H=1, D=16), bn.NACase("na2d_31", (8, 16), (3, 5), B=1, H=1, D=16),
-            bn.NACase("na3d", (4, 4, 8), (3, 3, 5), B=1, H=1, D=16))
+SMOKE_NA = (na_cases.NACase("na1d", (128,), (15,), B=1, H=1, D=16),
+            na_cases.NACase("na2d_31", (8, 16), (3, 5), B=1, H=1, D=16),
+            na_cases.NACase("na3d", (4, 4, 8), (3, 3, 5), B=1, H=1, D=16))
 SMOKE = Sizes(1, 2, 128, 32, (2, 2, 64, 16), 32, 4, SMOKE_NA, "na2d_31", (1, 2, 32), (64, 128), 128)
 
 
@@ -172,7 +174,7 @@ def score_mod_cases(s: Sizes) -> list[Case]:
 def neighborhood_cases(s: Sizes) -> list[Case]:
     out = []
     for na in s.na:
-        mask_mod = bn.na_mask_mod(na)
+        mask_mod = na_peers.na_mask_mod(na)
         out.append(Case("neighborhood", na.key, na.name, na.B, na.H, na.L, na.D, na.attended, na.variant,
                         ("attngen", "flex"), main=na.key == s.na_main, flex_mask=lambda t, m=mask_mod: m, na=na))
     return out
@@ -340,16 +342,16 @@ def slice_reference(case: Case, variant: ag.Variant, inp: Inputs, with_grads: bo
 
 
 def reference(case: Case, variant: ag.Variant, inp: Inputs, mode: str, seed: int) -> Reference:
-    """Neighborhoods: bench_neighborhood's float64 oracle on sampled rows of every head (a
+    """Neighborhoods: the neighborhood benchmark's float64 oracle on sampled rows of every head (a
     32768-token L x L matrix would not fit), gradients on the b=0, h=0 slice where it fits.
     Everything else: the b=0, h=0 slice, output and gradients."""
     want_grads = mode == "fwdbwd" and case.L <= GRAD_REF_MAX_L
     if case.na is None:
         out, grads = slice_reference(case, variant, inp, want_grads)
         return Reference(out, first_slice, "float64, b=0 h=0", grads, "float64, b=0 h=0")
-    rows = bn.sample_rows(case.L, seed, inp.q.device)
+    rows = na_cases.sample_rows(case.L, seed, inp.q.device)
     with torch.no_grad():
-        out = bn.oracle_rows(case.na, inp.q, inp.k, inp.v, case.D ** -0.5, rows)
+        out = na_cases.oracle_rows(case.na, inp.q, inp.k, inp.v, case.D ** -0.5, rows)
     grads = slice_reference(case, variant, inp, True)[1] if want_grads else None
     return Reference(out, lambda t: t[:, :, rows], f"float64, {len(rows)} query rows", grads, "float64, b=0 h=0")
 

@@ -1,57 +1,85 @@
 #!/usr/bin/env bash
-# The GPU checks, run through the device tool. Logs and results go to $OUT (fetched back)
-# or benchmarks/results/latest.
-#   bash benchmarks/gpu_session.sh tests [FILES]  the test suite (or FILES) on CUDA (bf16, fp16, fp32)
-#   bash benchmarks/gpu_session.sh bench [ARGS]   the quickstart, then bench_forward.py ARGS
-#   bash benchmarks/gpu_session.sh neighborhood [ARGS]
-#                                                 the NA examples, then bench_neighborhood.py ARGS
-#   bash benchmarks/gpu_session.sh backward [ARGS] bench_backward.py ARGS (forward+backward vs Flex)
-#   bash benchmarks/gpu_session.sh norms [ARGS]    the normalization examples, then bench_normalizations.py
-#   bash benchmarks/gpu_session.sh compare [ARGS]  compare.py ARGS (every family vs every peer; --families to split)
-#   bash benchmarks/gpu_session.sh compile [ARGS]  bench_compile.py ARGS (first call and disk-cache reload vs Flex)
+# The GPU runs, one command per results family (benchmarks/results/README.md). Run from the
+# repository root on the GPU machine; results go to $OUT (the device tool's folder, fetched
+# back) or, without it, to the family's folder benchmarks/results/FAMILY/.
+#   bash benchmarks/gpu_session.sh tests [FILES]        the test suite (or FILES) on CUDA -> gpu_tests/
+#   bash benchmarks/gpu_session.sh compare [ARGS]       compare.py: every family against every peer
+#   bash benchmarks/gpu_session.sh forward [ARGS]       the quickstart, then bench_forward.py
+#   bash benchmarks/gpu_session.sh backward [ARGS]      bench_backward.py (forward+backward against Flex)
+#   bash benchmarks/gpu_session.sh neighborhood [ARGS]  the neighborhood examples, then bench_neighborhood.py
+#   bash benchmarks/gpu_session.sh linear [ARGS]        bench_linear.py (against fla)
+#   bash benchmarks/gpu_session.sh normalizations [ARGS]  the normalization examples, then bench_normalizations.py
+#   bash benchmarks/gpu_session.sh compile [ARGS]       bench_compile.py (first call and disk-cache reload)
+#   bash benchmarks/gpu_session.sh autotune [ARGS]      attngen tune causal at the comparison's shape
+#   bash benchmarks/gpu_session.sh head_dims [ARGS]     diagnose_head_dims.py (padded head dims, one process each)
+# Each run also writes FAMILY.log: the environment (date, GPU, driver, versions, commit), then
+# the run's output.
 set -uo pipefail
 stage=${1:-tests}
 shift || true
-out=${OUT:-benchmarks/results/latest}
+case "$stage" in
+  bench) stage=forward ;;        # the stages' former names
+  norms) stage=normalizations ;;
+esac
+family=$stage
+[ "$stage" = tests ] && family=gpu_tests
+out=${OUT:-benchmarks/results/$family}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export ATTNGEN_CACHE_DIR=${ATTNGEN_CACHE_DIR:-/tmp/attngen-cache}
+log="$out/$family.log"
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
-} 2>&1 | tee "$out/env-$stage.txt"
+  echo "commit ${ATTNGEN_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"
+} 2>&1 | tee "$log"
 case "$stage" in
   tests)
     # one worker per few CPU cores: Triton compiles are the bottleneck, not the GPU
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-    ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers "${@:-tests}" 2>&1 | tee "$out/gpu_tests.log"
+    ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers "${@:-tests}" 2>&1 | tee -a "$log"
     ;;
-  bench)
-    python3 examples/quickstart.py 2>&1 | tee "$out/quickstart.log"
-    python3 benchmarks/bench_forward.py --out "$out" "$@" 2>&1 | tee "$out/bench.log"
+  compare)
+    python3 benchmarks/compare.py --out "$out" "$@" 2>&1 | tee -a "$log"
+    ;;
+  forward)
+    python3 examples/quickstart.py 2>&1 | tee -a "$log"
+    python3 benchmarks/bench_forward.py --out "$out" "$@" 2>&1 | tee -a "$log"
+    ;;
+  backward)
+    python3 benchmarks/bench_backward.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
   neighborhood)
     for ex in examples/neighborhood_2d.py examples/neighborhood_3d.py; do
-      python3 "$ex" 2>&1 | tee -a "$out/neighborhood_examples.log"
+      python3 "$ex" 2>&1 | tee -a "$log"
     done
-    python3 benchmarks/bench_neighborhood.py --out "$out" "$@" 2>&1 | tee "$out/bench_neighborhood.log"
+    python3 benchmarks/bench_neighborhood.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
-  backward)
-    python3 benchmarks/bench_backward.py --out "$out" "$@" 2>&1 | tee "$out/bench_backward.log"
+  linear)
+    python3 benchmarks/bench_linear.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
-  norms)
+  normalizations)
     for ex in examples/sigmoid_attention.py examples/attention_sinks.py examples/gaussian_kernel.py; do
-      python3 "$ex" 2>&1 | tee -a "$out/norm_examples.log"
+      python3 "$ex" 2>&1 | tee -a "$log"
     done
-    python3 benchmarks/bench_normalizations.py --out "$out" "$@" 2>&1 | tee "$out/bench_normalizations.log"
-    ;;
-  compare)
-    python3 benchmarks/compare.py --out "$out" "$@" 2>&1 | tee "$out/compare.log"
+    python3 benchmarks/bench_normalizations.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
   compile)
     # every measurement is a fresh process on its own temporary caches (ATTNGEN_CACHE_DIR above is not used)
-    python3 benchmarks/bench_compile.py --out "$out" "$@" 2>&1 | tee "$out/bench_compile.log"
+    python3 benchmarks/bench_compile.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
-  *) echo "unknown stage '$stage' (tests, bench, neighborhood, backward, norms, compare or compile)" >&2; exit 2 ;;
+  autotune)
+    # the record lands in $ATTNGEN_CACHE_DIR/autotune/<gpu>/; the ranking is in the log
+    python3 -m attngen tune causal --shape 8192 --batch 2 --heads 16 --head-dim 128 --dtype bf16 "$@" 2>&1 \
+      | tee -a "$log"
+    ;;
+  head_dims)
+    python3 benchmarks/diagnose_head_dims.py "$@" 2>&1 | tee -a "$log"
+    ;;
+  *)
+    echo "unknown stage '$stage' (tests, compare, forward, backward, neighborhood, linear, normalizations," \
+         "compile, autotune or head_dims)" >&2
+    exit 2
+    ;;
 esac

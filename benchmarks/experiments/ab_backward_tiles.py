@@ -28,21 +28,21 @@ PAIRS = {
     "64/128 + 128/64 w8 s3": ((64, 128, 8, 3), (128, 64, 8, 3)),
     "32/128 w8 + 64/64 w4 s3": ((32, 128, 8, 3), (64, 64, 4, 3)),
     "16/64 + 64/32 w4 s3": ((16, 64, 4, 3), (64, 32, 4, 3)),
-    # session 10, after the dK/dV issue order changed (ab_issue_order.py): the large pair's neighbours
+    # after the dK/dV issue order changed (2619ac9) (ab_issue_order.py): the large pair's neighbours
     "32/128 w8 + 128/64 w8 s3": ((32, 128, 8, 3), (128, 64, 8, 3)),
     "64/128 w8 s4 + 128/64 w8 s3": ((64, 128, 8, 4), (128, 64, 8, 3)),
     "64/128 w8 + 128/32 w8 s3": ((64, 128, 8, 3), (128, 32, 8, 3)),
-    # session 11: the dQ pass's stages alone (2-D NA under ncu: 2 CTAs a SM, limited by shared
+    # the dQ pass's stages alone (1fcbf65) (2-D NA under ncu: 2 CTAs a SM, limited by shared
     # memory; with 2 stages its 160 registers would allow 3)
     "32/64 s3 + 64/32 s2 dq": ((32, 64, 4, 3), (64, 32, 4, 2)),
     "32/64 s3 + 64/32 s4 dq": ((32, 64, 4, 3), (64, 32, 4, 4)),
     "32/64 s3 + 64/16 s3 dq": ((32, 64, 4, 3), (64, 16, 4, 3)),
-    # session 15, dense and causal: dK/dV owning 64 keys and stepping 128 queries (half the
+    # dense and causal (cabf76b): dK/dV owning 64 keys and stepping 128 queries (half the
     # accumulator registers of 128 keys), dQ stepping 128 keys, and 4-warp dK/dV CTAs two a SM
-    "s15 128/64 w8 + 128/64 w8 s3": ((128, 64, 8, 3), (128, 64, 8, 3)),
-    "s15 128/64 w8 s2 + 128/64 w8 s3": ((128, 64, 8, 2), (128, 64, 8, 3)),
-    "s15 64/128 w8 + 128/128 w8 s2": ((64, 128, 8, 3), (128, 128, 8, 2)),
-    "s15 64/64 w4 + 128/64 w8 s3": ((64, 64, 4, 3), (128, 64, 8, 3)),
+    "k64 128/64 w8 + 128/64 w8 s3": ((128, 64, 8, 3), (128, 64, 8, 3)),
+    "k64 128/64 w8 s2 + 128/64 w8 s3": ((128, 64, 8, 2), (128, 64, 8, 3)),
+    "k64 64/128 w8 + 128/128 w8 s2": ((64, 128, 8, 3), (128, 128, 8, 2)),
+    "k64 64/64 w4 + 128/64 w8 s3": ((64, 64, 4, 3), (128, 64, 8, 3)),
 }
 
 

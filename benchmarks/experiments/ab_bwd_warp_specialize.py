@@ -2,7 +2,7 @@
 
     PYTHONPATH=.:benchmarks python benchmarks/experiments/ab_bwd_warp_specialize.py [--rounds N] [--cases ...]
 
-Session 4 tried `warp_specialize` on the forward only (+1.5% on 128x128 tiles, a compiler
+The experiments of 987419b tried `warp_specialize` on the forward only (+1.5% on 128x128 tiles, a compiler
 crash on 64x64) and TMA descriptors on a hand-written dK/dV pass (1.5-3%). The dense
 forward+backward misses issue 6's 1.1x Flex by 5% (8.66 against 9.11 ms), all of it in the
 backward: one 8-warp CTA per SM at 255 registers, nothing overlapping a step's elementwise work

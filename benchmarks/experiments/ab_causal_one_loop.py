@@ -19,9 +19,11 @@ target 0.85x). Edits of the generated kernel, timed in interleaved rounds with S
     diag_unpipelined  the two loops kept, the diagonal tile's loop not software-pipelined
                 (`tl.range(..., num_stages=1)`): no prologue and epilogue around its one step
 
-Session 14 (results/2026-11-25-h100-session14/experiments/ab_causal_one_loop*.log): Triton
-3.6's pipeliner fails on the two edits with a run-time `if` in the loop ("Pipeline failed while
-executing TritonGPUPipeline"), so they are reported and skipped.
+Measured on 2026-11-25 at ccbf1df (benchmarks/NOTES.md, "Forward"): Triton 3.6's pipeliner
+fails on the two edits with a run-time `if` in the loop ("Pipeline failed while executing
+TritonGPUPipeline"), so they are reported and skipped. Since 95a952a the base kernel walks its
+full tiles with warp specialization on sm90 (the shipped causal D=128 config); the one-loop
+edits walk a plain loop.
 
 The one-loop edits load K and V without bounds masks, so they are valid only for L a multiple
 of BLOCK_N (as here); the experiment checks each output against the base kernel's.
@@ -37,7 +39,7 @@ import attngen as ag
 from bench_common import sdpa_fn  # noqa: E402 (benchmarks/ on the path)
 from rewritten import edit_kernel, interleaved_ms, use_rewritten  # noqa: E402 (this folder)
 
-_TWO_LOOPS_START = "    for start_n in range(full_lo, full_end, BLOCK_N):\n"
+_TWO_LOOPS_START = "    for start_n in tl.range(full_lo, full_end, BLOCK_N, warp_specialize=WARP_SPECIALIZE):\n"
 _TWO_LOOPS_END = "    # 3. Normalize"
 
 

@@ -1,13 +1,13 @@
 """A/B: the backward's dQ pass on a side stream beside dK/dV, or after it (H100, bf16).
 
-    PYTHONPATH=. [ROUNDS=5] [CASES=dense,causal] [FLAG=NAME] python benchmarks/experiments/ab_concurrent_passes.py
+    PYTHONPATH=. python benchmarks/experiments/ab_concurrent_passes.py [--rounds N] [--cases dense,causal] [--flag NAME]
 
 CONCURRENT_PASSES is the generated module's constant. Prediction: each pass's last wave
 leaves SMs idle for a few percent of its time; side by side, the other pass fills them, so
 forward+backward gains 2-4% where both passes are long, less on small problems.
 Forward+backward TFLOP/s (3.5x the forward's attended-entry FLOPs), interleaved rounds.
 """
-import os
+import argparse
 
 import torch
 import triton
@@ -15,9 +15,6 @@ import triton
 import attngen as ag
 
 B, H, L, D = 2, 16, 8192, 128
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
-ONLY = [c for c in os.environ.get("CASES", "").split(",") if c]  # e.g. CASES=dense,causal
-FLAG = os.environ.get("FLAG", "CONCURRENT_PASSES")  # the module constant to switch (CONTIGUOUS_RUNS existed in commit 244a5d8, measured and removed)
 
 
 def cases():
@@ -39,6 +36,13 @@ def cases():
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--cases", default="", help="comma-separated prefixes of the case names (default: all)")
+    # CONTIGUOUS_RUNS existed at 244a5d8 (measured and removed)
+    ap.add_argument("--flag", default="CONCURRENT_PASSES", help="the generated module's constant to switch")
+    args = ap.parse_args()
+    ONLY, ROUNDS, FLAG = [c for c in args.cases.split(",") if c], args.rounds, args.flag
     for name, variant, (b, h, l, d), entries, kwargs in cases():
         if ONLY and not any(name.startswith(c) for c in ONLY):
             continue

@@ -3,9 +3,9 @@
     PYTHONPATH=.:benchmarks python benchmarks/experiments/ab_forward_warp_specialize.py [--rounds N]
 
 Dense and band kernels have it as a launch option (``KernelConfig.warp_specialize``, since
-session 15): each case's configs run with and without it. Neighborhood kernels do not have
+95a952a): each case's configs run with and without it. Neighborhood kernels do not have
 the option, so their walk over the full KV boxes is edited into
-``tl.range(..., warp_specialize=True)`` (session 14 measured -1% on GNA 2-D). cuDNN runs in
+``tl.range(..., warp_specialize=True)`` (-1% on GNA 2-D at ccbf1df). cuDNN runs in
 the same rounds where it computes the same function. Each output is checked against the
 first config's.
 """

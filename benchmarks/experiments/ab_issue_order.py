@@ -6,7 +6,7 @@ bwd_halves.py (hand-written dK/dV, dense and causal, L=8192 D=128) measured the 
 order (qk, p, dV +=, dP, dS, dK +=) against dP issued right after qk: 3.86-3.99 -> 3.71-3.76 ms
 dense, 2.37 -> 2.26-2.29 ms causal. Triton waits on a product at its first use, and the wait
 drains everything issued before it, so a dP issued after the dV product turned dV synchronous.
-Earlier versions of this A/B (ab_issue_order*.log in session 10's results) also moved dP in the
+Earlier versions of this A/B (their logs are in git at fb6e0b8) also moved dP in the
 dQ step (slower in 7 of 9 cases: dropped), issued the dV product beside dK's after dS (kept),
 and found the causal kernel's masked steps spilling in the new order (4% slower; 8 warps), where
 the 4-warp 2-D neighborhood ran 4% faster with them. "new" is the template now: unmasked steps,

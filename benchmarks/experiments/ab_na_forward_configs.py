@@ -4,7 +4,7 @@
 
 The masked neighborhoods' forward tiles (64x64, 4 warps, 3 stages from the shipped table) were
 chosen when the walk split full boxes from the shell and derived each box with divisions. The
-one-loop walk (session 9) makes every step cheaper, which can move the best tile size. Forward
+one-loop walk (670a040) makes every step cheaper, which can move the best tile size. Forward
 under no_grad, interleaved rounds, H100 bf16 B=1 H=16 D=128; the first line per case is the
 config the call picks by itself.
 """

@@ -4,7 +4,7 @@
 
 Grids whose forward takes the dense kernel's tiles (block-sparse boxes, 1-D windows) ran
 128x128 tiles on 8 warps, where the dense kernel gained 7-11% from two interleaved halves
-(dense B=8 L=2048: 488 against 457 TFLOP/s, diag_short_blocks.log). The neighborhood kernel
+(dense B=8 L=2048: 488 against 457 TFLOP/s; benchmarks/NOTES.md, "Tile-list masks"). The neighborhood kernel
 now has the halves too; this times both, interleaved, H100 bf16 B=1 H=16 D=128, TFLOP/s on
 attended entries, with the dense kernel on the same sequence length for the speed-of-light
 line (dense rate x density).

@@ -2,11 +2,11 @@
 B=2 H=16 L=8192 D=128 bf16, dense and causal, each at its default config, in interleaved rounds
 (clocks drift 3-8% under sustained load, so ratios are taken within a round).
 
-Usage: python ab_sigmoid.py [rounds]"""
+    PYTHONPATH=. python benchmarks/experiments/ab_sigmoid.py [ROUNDS]"""
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 
 import torch
 import triton
@@ -15,7 +15,9 @@ import attngen as ag
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rounds", nargs="?", type=int, default=6, help="interleaved rounds (default 6)")
+    rounds = ap.parse_args().rounds
     B, H, L, D = 2, 16, 8192, 128
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
     torch.manual_seed(0)

@@ -9,10 +9,12 @@ Modes of the hand-written kernel:
 STAGGER rotates each program's walk over the query tiles so that the programs of one head do
 not add into the same dQ rows at the same time.
 
-B=2 H=16 L=8192 D=128 bf16 on the H100, dense and causal. Usage: python bwd_atomic_dq.py [budget_s]
+B=2 H=16 L=8192 D=128 bf16 on the H100, dense and causal.
+
+    PYTHONPATH=. python benchmarks/experiments/bwd_atomic_dq.py [SECONDS]
 """
+import argparse
 import itertools
-import sys
 import time
 
 import torch
@@ -100,7 +102,9 @@ def rel(a, b):
 
 
 def main():
-    budget_end = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 200)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("seconds", nargs="?", type=float, default=200, help="stop starting new configs after this many seconds (default 200)")
+    budget_end = time.time() + ap.parse_args().seconds
     B, H, L, D = 2, 16, 8192, 128
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))

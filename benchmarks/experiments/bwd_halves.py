@@ -1,6 +1,6 @@
 """Experiment: the dK/dV pass with its query step split into two halves whose products interleave.
 
-Session 6 found that Triton 3.6 waits for every score product right after issuing it, and that
+The two-halves forward (4e0b675) showed that Triton 3.6 waits for every score product right after issuing it, and that
 a forward whose query tile is two halves overlaps one half's softmax with the other's P.V
 product (+11%). The dK/dV step has the same shape: two score-like products (K.Q^T and
 V.dO^T) that must be waited on, an elementwise stage, then two accumulating products (dV and
@@ -15,9 +15,9 @@ a product. ORDER picks the step's form:
 Dense (every key sees every query) and causal (the program's diagonal query tiles masked),
 B=2 H=16 L=8192 D=128 bf16, against the generated backward's gradients.
 
-Usage: python bwd_halves.py [seconds budget]
+    PYTHONPATH=. python benchmarks/experiments/bwd_halves.py [SECONDS]
 """
-import sys
+import argparse
 import time
 
 import torch
@@ -145,7 +145,9 @@ def inputs(causal):
 
 
 def main() -> None:
-    budget_end = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 200)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("seconds", nargs="?", type=float, default=200, help="stop starting new configs after this many seconds (default 200)")
+    budget_end = time.time() + ap.parse_args().seconds
     configs = [(64, 128, 8, 3), (64, 128, 8, 2), (128, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3)]
     for causal in (False, True):
         args, (ref_dk, ref_dv) = inputs(causal)

@@ -11,6 +11,7 @@ ids a fresh tensor each step (classified again).
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -38,6 +39,7 @@ def wall(step, fresh_ids) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
     torch.manual_seed(0)
     q, k, v, dout = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))

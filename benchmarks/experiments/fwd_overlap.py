@@ -10,10 +10,12 @@ of one hand-written kernel, timed beside attngen's generated kernel and cuDNN in
   state; the halves' products and softmaxes interleave, so one half's softmax can run while the
   other half's wgmma is in flight (an in-thread ping-pong).
 
-Usage: python fwd_overlap.py [SECONDS]  (stops starting new configs after SECONDS)."""
+    PYTHONPATH=. [GEN_STYLE=1] python benchmarks/experiments/fwd_overlap.py [SECONDS]
+
+GEN_STYLE=1 writes the hand kernel's softmax as the generated template does."""
 import itertools
 import os
-import sys
+import argparse
 import time
 
 import torch
@@ -162,7 +164,9 @@ CONFIGS = [
 
 def main():
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    budget_end = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 400)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("seconds", nargs="?", type=float, default=400, help="stop starting new configs after this many seconds (default 400)")
+    budget_end = time.time() + ap.parse_args().seconds
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
     for (B, H, L, D), causal in itertools.product([(2, 16, 8192, 128), (4, 16, 4096, 64)], [False, True]):
         torch.manual_seed(0)

@@ -27,7 +27,7 @@ and the configs that leave room for two programs per SM (less shared memory than
 256x64, 4 stages). The dense kernel's time on the same shape, divided by the density (16),
 is the line.
 
-Runs 1-4 of session 13 (results/2026-11-25-h100-session13/experiments/) used subsets of these
+Runs 1-4 on 2026-11-25 (logs in git at 4d02e5c) used subsets of these
 edits, and two more ("no_lse", "recip_no_lse") that removed the log-sum-exp store: since
 fe17547 the generated forward skips that store by itself when nothing reads it (STORE_LSE),
 so "base" here is already without it.

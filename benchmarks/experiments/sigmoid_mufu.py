@@ -10,13 +10,15 @@ into variants of its per-score sigmoid `p = _sigmoid_half(s)`:
 and a few launch configs of the generated kernel, against the generated softmax kernel at its
 default config. Interleaved rounds; TF/s per round.
 
-The first run (log in results/2026-11-24-h100-session7/) was written against commit e83a595's
+The first run (its log is in git at ac91873) was written against commit e83a595's
 source, before the fold, with a variant "fold" that did it by hand.
 
-B=2 H=16 L=8192 D=128 bf16. Usage: python sigmoid_mufu.py [rounds]
+B=2 H=16 L=8192 D=128 bf16.
+
+    PYTHONPATH=. python benchmarks/experiments/sigmoid_mufu.py [ROUNDS]
 """
+import argparse
 import importlib.util
-import sys
 import tempfile
 from pathlib import Path
 
@@ -112,7 +114,9 @@ CONFIGS = [KernelConfig(256, 64, 8, 3, halves=True), KernelConfig(256, 32, 8, 4,
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rounds", nargs="?", type=int, default=3, help="interleaved rounds (default 3)")
+    rounds = ap.parse_args().rounds
     B, H, L, D = 2, 16, 8192, 128
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
