@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 import attngen.nn as agnn
 from attngen.ir.expr import B as B_SYMBOL, H as H_SYMBOL, KV_IDX, LKV, LQ, Q_IDX
@@ -64,8 +65,6 @@ class FlexCore:
 
     def __init__(self, mask: Mask, length: int, device: torch.device | str,
                  spatial_shape: tuple[int, ...] | None = None) -> None:
-        from torch.nn.attention.flex_attention import create_block_mask, create_mask
-
         device = torch.device(device)
         self.length = length
         mask_mod = flex_mask_mod(mask, length, spatial_shape)
@@ -79,8 +78,6 @@ class FlexCore:
         if q.shape[2] != self.length:
             raise ValueError(f"FlexCore was built for {self.length} tokens, got {q.shape[2]}")
         if self.block_mask is not None:
-            from torch.nn.attention.flex_attention import flex_attention
-
             res = flex_attention(q, k, v, block_mask=self.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
                                  return_lse=sinks is not None)
             out, lse = res if sinks is not None else (res, None)

@@ -1,0 +1,73 @@
+"""Host overhead of one attngen call inside a compiled graph, against a bare Triton launch of
+the same kernel (issue 24's target: within 10 us).
+
+Every measurement runs a tiny causal forward (1 x 1 x 128 x 64, bf16, no grad), whose GPU
+time is a few microseconds, back to back ``iters`` times and divides the host wall time by
+``iters``: the GPU keeps up, so the figure is the host's cost per call.
+
+- bare launch: the generated module's ``launch_forward`` with the config attngen chose (the
+  Triton ``kernel[grid](...)`` call plus the few lines that compute its grid);
+- eager call: ``attn(q, k, v)``;
+- graph, attngen: ``torch.compile(fullgraph=True)`` of a function making that one call (it
+  runs the ``attngen::attention`` custom op);
+- graph, Triton: the same for a function whose one op Inductor turns into one Triton kernel,
+  i.e. the compiled graph's own fixed cost plus one launch.
+
+attngen's cost in a graph beyond a launch is graph_attngen - graph_triton. ``bare_launch``
+reads the runtime's internals (``CompiledAttention.prepare``, ``.module``, ``.last_config``,
+``launch_forward``'s arguments as the template writes them): where those change, change it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+import attngen as ag
+
+SHAPE = (1, 1, 128, 64)
+TARGET_US = 10.0
+
+
+def host_us_per_call(fn: Callable[[], object], iters: int) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters * 1e6
+
+
+def bare_launch(attn: ag.CompiledAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], None]:
+    """The forward kernel's launch with everything the runtime computes per call done once."""
+    with torch.no_grad():
+        attn(q, k, v)  # picks the config
+    p, sm_scale, bound, axes = attn.prepare(q, k, v)
+    config = attn.last_config
+    tiles = attn.tile_lists(p, bound, config, axes)
+    module = attn.module(q.device)
+    out = torch.empty_like(q)
+    return lambda: module.launch_forward(q, k, v, out, None, sm_scale, bound, tiles, config)
+
+
+def measure(device: torch.device, iters: int = 2000) -> dict[str, Any]:
+    attn = ag.compile(ag.Variant(mask=ag.causal(), name="overhead_causal"))
+    q, k, v = (torch.randn(SHAPE, device=device, dtype=torch.bfloat16) for _ in range(3))
+    result: dict[str, Any] = {"shape": list(SHAPE), "iters": iters}
+    graph_attngen = torch.compile(lambda q, k, v: attn(q, k, v), fullgraph=True)
+    graph_triton = torch.compile(lambda q, k, v: q * 2.0 + k, fullgraph=True)
+    with torch.no_grad():
+        result["bare_launch_us"] = host_us_per_call(bare_launch(attn, q, k, v), iters)
+        result["eager_call_us"] = host_us_per_call(lambda: attn(q, k, v), iters)
+        result["graph_triton_us"] = host_us_per_call(lambda: graph_triton(q, k, v), iters)
+        result["graph_attngen_us"] = host_us_per_call(lambda: graph_attngen(q, k, v), iters)
+    extra = result["graph_attngen_us"] - result["graph_triton_us"]
+    result["attngen_in_graph_beyond_launch_us"] = extra
+    result["within_target"] = extra <= TARGET_US
+    result["summary"] = (f"attngen in a compiled graph costs {extra:.1f} us more host time than a graph of one "
+                         f"Inductor Triton kernel (target: within {TARGET_US:g} us of a bare launch: "
+                         f"{'met' if extra <= TARGET_US else 'NOT met'}); bare launch {result['bare_launch_us']:.1f} us.")
+    return result
