@@ -9,6 +9,9 @@ attngen reads ``ATTNGEN_CACHE_DIR`` on every compile.
   the end), so the tests never read or write the user's cache.
 - ``ATTNGEN_POISON_OUTPUTS=1`` makes outputs NaN before each launch, so an element the kernel
   forgets to write cannot pass as a plausible value.
+- ``ATTNGEN_HYPOTHESIS_PROFILE`` picks the hypothesis profile of the property tests
+  (tests/properties.py): ``ci`` (default: a fixed seed, sized for the CPU budget) or ``gpu``
+  (a fresh seed and many more examples, for the GPU machine).
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ os.environ["ATTNGEN_CACHE_DIR"] = _CACHE_DIR
 os.environ["ATTNGEN_POISON_OUTPUTS"] = "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test module
+
+import properties  # noqa: E402 - needs the path above; registers and loads the hypothesis profile
 
 
 def pytest_report_header(config):

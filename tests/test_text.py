@@ -1,10 +1,10 @@
 """The textual IR: printing, parsing back, round trips, and a parser that never runs code."""
 from __future__ import annotations
 
-import builtins
 import textwrap
 import warnings
 
+import ir_fuzz
 import pytest
 import torch
 import variant_strategies as vs
@@ -229,21 +229,7 @@ MALICIOUS = [
 def test_parser_rejects_and_never_executes(body, tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     text = "attngen 1\n" + body.format(marker=marker) + "\n"
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the IR parser called eval/exec/compile/__import__/open")
-
-    real_import = builtins.__import__
-
-    def guarded_import(name, *args, **kwargs):
-        if name in ("os", "subprocess", "pathlib", "shutil"):
-            forbidden()
-        return real_import(name, *args, **kwargs)
-
-    with monkeypatch.context() as m:
-        for fn in ("eval", "exec", "open"):
-            m.setattr(builtins, fn, forbidden)
-        m.setattr(builtins, "__import__", guarded_import)
+    with ir_fuzz.no_code_execution(monkeypatch):
         with pytest.raises(ag.IRSyntaxError) as info:
             ag.loads(text)
     assert not marker.exists()
