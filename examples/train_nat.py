@@ -64,24 +64,26 @@ PRESETS = {
 
 
 def synthetic_images(gen: torch.Generator, cfg: NATConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (B, 3, S, S), labels (B,)): noisy gratings whose orientation (and frequency) is the class."""
-    B, S = cfg.batch, cfg.image
-    labels = torch.randint(0, cfg.classes, (B,), generator=gen)
-    angle = (labels % 4).double() * (math.pi / 4) + 0.05 * torch.randn(B, generator=gen, dtype=torch.float64)
-    cycles = torch.where(labels // 4 == 0, 3.0, 6.0).double()
-    phase = 2 * math.pi * torch.rand(B, generator=gen, dtype=torch.float64)
-    coords = torch.arange(S, dtype=torch.float64) / S
+    """(images (B, 3, S, S), labels (B,)) on the generator's device: noisy gratings whose
+    orientation (and frequency) is the class."""
+    B, S, device = cfg.batch, cfg.image, gen.device
+    labels = torch.randint(0, cfg.classes, (B,), generator=gen, device=device)
+    angle = (labels % 4).float() * (math.pi / 4) + 0.05 * torch.randn(B, generator=gen, device=device)
+    cycles = torch.where(labels // 4 == 0, 3.0, 6.0)
+    phase = 2 * math.pi * torch.rand(B, generator=gen, device=device)
+    coords = torch.arange(S, device=device) / S
     x, y = coords.view(1, 1, S), coords.view(1, S, 1)
     along = x * torch.cos(angle).view(B, 1, 1) + y * torch.sin(angle).view(B, 1, 1)
     wave = torch.sin(2 * math.pi * cycles.view(B, 1, 1) * along + phase.view(B, 1, 1))
-    colour = 0.2 + 0.8 * torch.rand(B, 3, 1, 1, generator=gen, dtype=torch.float64)
-    images = colour * wave.unsqueeze(1) + cfg.noise * torch.randn(B, 3, S, S, generator=gen, dtype=torch.float64)
-    return images.float(), labels
+    colour = 0.2 + 0.8 * torch.rand(B, 3, 1, 1, generator=gen, device=device)
+    noise = torch.randn(B, 3, S, S, generator=gen, device=device)
+    return colour * wave.unsqueeze(1) + cfg.noise * noise, labels
 
 
 def make_batches(cfg: NATConfig, steps: int, seed: int, device: torch.device) -> list[Batch]:
-    gen = torch.Generator().manual_seed(seed)
-    return [tuple(t.to(device) for t in synthetic_images(gen, cfg)) for _ in range(steps)]
+    """``steps`` batches generated on ``device`` from ``seed`` (the same on every run of that device)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [synthetic_images(gen, cfg) for _ in range(steps)]
 
 
 def attention_layer(backend: str, cfg: NATConfig, dilation: int, device: torch.device) -> nn.Module:
