@@ -12,8 +12,8 @@ recipe. Both backends then get bf16 q, k, v from the same autocast projections a
 optimizer's arithmetic in float32, so the kernels are the only difference between runs (bf16
 weights would add the optimizer's rounding of each update to the noise).
 
-Writes into --out (default benchmarks/results/training/), after every run, so a failure
-keeps what finished: training.json (every loss and step time, the verdicts), training.md
+Writes into --out (default: $OUT on the device machine, else benchmarks/results/training/;
+--quick and CPU runs a temporary folder), after every run, so a failure keeps what finished: training.json (every loss and step time, the verdicts), training.md
 (the table: date, GPU, versions, commit) and training.png (loss curves and step times).
 A backend that fails is recorded with its error and the others go on.
 """
@@ -35,8 +35,8 @@ import torch  # noqa: E402
 import train_lm  # noqa: E402  (examples/: imports attngen before Triton)
 import train_nat  # noqa: E402
 from bench_common import run_environment  # noqa: E402
-from bench_compile import git_commit  # noqa: E402
 from report import short_reason  # noqa: E402
+from result_files import default_out, git_commit, write_atomic  # noqa: E402
 from training_compare import PERTURBATION, PERTURBED_SUFFIX, compare, markdown, plot  # noqa: E402
 from training_loop import TIMING_WARMUP, Trainer, cpu_state, perturbed  # noqa: E402
 
@@ -50,7 +50,9 @@ QUICK_STEPS = 30
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "training")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: $OUT, else benchmarks/results/training/; --quick and CPU "
+                             "runs: a temporary folder)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help=f"tiny models, {QUICK_STEPS} steps, eager unless --compile")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -75,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.host_overhead and not cuda:
         raise SystemExit("bench_training: --host-overhead needs the GPU")
     args.steps = args.steps or (QUICK_STEPS if args.tiny else None)
+    args.out = args.out or default_out("training", smoke=args.tiny)
     return args
 
 
@@ -86,8 +89,8 @@ class Results:
         out.mkdir(parents=True, exist_ok=True)
 
     def save(self) -> None:
-        (self.out / "training.json").write_text(json.dumps(self.data, indent=1) + "\n")
-        (self.out / "training.md").write_text(markdown(self.data))
+        write_atomic(self.out / "training.json", json.dumps(self.data, indent=1) + "\n")
+        write_atomic(self.out / "training.md", markdown(self.data))
         try:
             plot(self.data, self.out / "training.png")
         except Exception as exc:  # a plotting problem must not lose the numbers
