@@ -156,7 +156,8 @@ def run_case(case: Case, flex, sweep: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else benchmarks/results/backward/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: $OUT, else benchmarks/results/backward/)")
     parser.add_argument("--cases", help="comma-separated case keys (default: all)")
     parser.add_argument("--sweep", action="store_true", help="also time other backward tile configs")
     args = parser.parse_args()

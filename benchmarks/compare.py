@@ -24,8 +24,8 @@ cannot express the case as "-".
 Writes DIR/compare.md (header with date, GPU and versions, one table per family),
 DIR/compare.json (every number), DIR/compare.png (all families) and DIR/plots.tar.gz with
 plots/<family>.png (also written loose unless DIR is $OUT: the device tool returns at most 8
-files). DIR defaults to $OUT, else benchmarks/results/compare/ (--smoke: a temporary folder). Results are rewritten after
-every case, so a run cut short keeps what it measured.
+files). DIR defaults to $OUT, else benchmarks/results/compare/ (--smoke: a temporary folder).
+Results are rewritten after every case, so a run cut short keeps what it measured.
 """
 from __future__ import annotations
 
