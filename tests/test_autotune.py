@@ -47,7 +47,7 @@ def fake_gpu(monkeypatch, name: str = H100) -> None:
 # ---- pruning --------------------------------------------------------------------------
 
 def test_smem_estimate_matches_triton_on_h100():
-    # Triton's OutOfResources messages on the H100 (benchmarks/results/2026-11-24-h100/forward.md)
+    # Triton's OutOfResources messages on the H100 (benchmarks/results/forward/forward.md)
     s = space.SpaceShape(8192, 8192, 128, 128, torch.bfloat16)
     assert space.smem_bytes(KernelConfig(128, 128, 8, 4), s) == 294912
     assert space.smem_bytes(KernelConfig(64, 128, 8, 4), s) == 278528
@@ -205,7 +205,7 @@ def test_shipped_h100_defaults_equal_the_heuristic():
                                  tile_reads=kind == "reads", masked=masked, halves=halves,
                                  score_mod=kind == "mod" and not neighborhood, causal_like=strategy == "band_causal")
             assert config == want, cls
-    # the two measured departures from the session-4 table (benchmarks/NOTES.md, session 6)
+    # the two measured departures from the first table (benchmarks/NOTES.md, Forward, 4e0b675)
     assert table["dense/plain/bfloat16/d128"] == KernelConfig(256, 64, 8, 4, halves=True)
     assert table["dense/mod/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)
     assert table["band/plain/bfloat16/d128"] == KernelConfig(64, 64, 4, 3)  # windows

@@ -2,7 +2,7 @@
 
 When ptxas cannot keep a wgmma pipeline's registers apart it makes every `wgmma.mma_async`
 synchronous (its C7515 "Potential Performance Loss" note, which Triton does not show). The
-packed-document dK/dV pass ran that way until session 11 and lost 4% of its backward
+packed-document dK/dV pass ran that way until fa50008 and lost 4% of its backward
 (benchmarks/NOTES.md): each HGMMA in its SASS had its own `WARPGROUP.DEPBAR` wait, where a
 pipelined product issues its k-steps back to back and waits once. This compiles the forward and
 backward of each family at tile-aligned shapes with the default configs, as the benchmarks run

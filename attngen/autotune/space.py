@@ -11,8 +11,8 @@ get every 8-warp candidate with its full-tile loop warp-specialized
 (``KernelConfig.warp_specialize``: Triton 3.6's automatic producer/consumer split; its
 pass fails on 4 warps). Triton 3.6 offers two more Hopper options, tensor-descriptor (TMA)
 loads and persistent programs; neither beat the pointer loads and one program per tile on the H100
-(benchmarks/NOTES.md: TMA loads in sessions 4, 11 and 15, a persistent block-sparse
-forward in "2026-11-24: neighborhood attention"), so the generated kernels do not have them.
+(benchmarks/NOTES.md: TMA loads under Forward and Backward, persistent block-sparse
+programs under Neighborhoods), so the generated kernels do not have them.
 
 Pruning rules (each one names why in ``Pruned.reason``):
 
@@ -20,7 +20,7 @@ Pruning rules (each one names why in ``Pruned.reason``):
   tiles plus one Q tile in shared memory:
   ``stages * BLOCK_N * (BLOCK_D + BLOCK_DV) * bytes + BLOCK_M * BLOCK_D * bytes``
   (head dims padded to powers of two, as the kernel pads them). This reproduces Triton's
-  own numbers on the H100 exactly (benchmarks/results/2026-11-24-h100/forward.md: 128x128x4
+  own numbers on the H100 exactly (benchmarks/results/forward/forward.md: 128x128x4
   stages, D=128 bf16 -> 294912 bytes; 64x128x4 -> 278528). A score that reads a tensor per
   (query, key) pair stages that BLOCK_M x BLOCK_N gather too, ``(stages - 1) * BM * BN * 4``
   more (fitted to the relative-bias launch of benchmarks/NOTES.md: 245760 bytes at
