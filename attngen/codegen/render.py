@@ -199,7 +199,8 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         and not ctx["na_keep"]
     # Dense and band kernels walk one contiguous run of full KV tiles, the loop Triton's
     # automatic warp specialization handles (KernelConfig.warp_specialize); neighborhoods
-    # measured -1% with it (benchmarks/NOTES.md, "warp specialization as a config option") and tile lists walk index lists.
+    # measured -1% with it (benchmarks/NOTES.md, "warp specialization as a config option")
+    # and tile lists walk index lists.
     ctx["warp_specialize"] = ir.strategy in (DENSE, BAND)
     ctx["uses_reads"] = bool(ctx["fwd_tensors"]) or bool(ctx.get("cls_tensors")) or bool(
         ctx["bwd"] and ctx["bwd"]["tensors"])
@@ -277,8 +278,8 @@ def _program_reads(pred: sympy.Basic | None, printer: TritonPrinter, prefix: str
 
     The masked steps of packed documents read both sides' document ids; the dK/dV program's
     keys are fixed, so their ids are one read per program instead of one per step. On the
-    H100 that measured even (benchmarks/NOTES.md, "serialized wgmma"): the step's registers go to the
-    comparison itself. It keeps each step's loads to the side that changes."""
+    H100 that measured even (benchmarks/NOTES.md, "serialized wgmma"): the step's registers
+    go to the comparison itself. It keeps each step's loads to the side that changes."""
     if pred is None:
         return [], None
     subs = _invariant_reads([pred], loop_symbols, prefix)
