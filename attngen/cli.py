@@ -1,4 +1,4 @@
-"""The ``attngen`` command line: compile, list, explain, tune."""
+"""The ``attngen`` command line: compile, list, explain, tune, cache (``cli_cache.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,7 @@ examples:
   attngen compile examples/quickstart.py:variant --print-after-all
   attngen explain sliding_window --shape 8192
   attngen tune causal --shape 8192 --head-dim 128 --dtype bf16
+  attngen cache list                     # what the kernel cache holds (also: size, clear)
 """
 
 
@@ -318,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run under the Triton interpreter on the CPU (tiny shapes; tiles only; for tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_tune)
+
+    from .cli_cache import add_parser as add_cache_parser
+
+    add_cache_parser(sub)
     return parser
 
 

@@ -42,7 +42,7 @@ class CompiledKernel:
             raise ValueError("q is on the CPU, which needs the Triton interpreter: set TRITON_INTERPRET=1 "
                              "before importing triton (attngen does so itself when no GPU is present)")
         if self._module is None:  # resolving the path on every call cost ~0.1 ms of host time
-            module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}")
+            module = load_module(self.path, f"{self.ir.name}_{self.key[:16]}", source=self.source)
             if not interpreter_active():
                 triton_binaries.attach(module, entry_dir(self.key))
             self._module = module

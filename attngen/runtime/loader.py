@@ -8,6 +8,7 @@ call with CPU tensors in a compiled-mode process gets a clear error instead of a
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import os
 import sys
 import types
@@ -25,8 +26,14 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def load_module(path: Path, tag: str) -> types.ModuleType:
-    """Import the module at ``path`` once per process."""
+def load_module(path: Path, tag: str, source: str | None = None) -> types.ModuleType:
+    """Import the module at ``path`` once per process.
+
+    With ``source`` (the text the cache entry was verified to hold when it was compiled),
+    the module is executed from that text, not from the file, and ``linecache`` serves that
+    text to ``inspect.getsource`` (which ``triton.jit`` calls): a cache entry truncated,
+    replaced or deleted by another process between ``ag.compile`` and the first call cannot
+    make this process import half a module."""
     key = str(Path(path).resolve())
     if key in _LOADED:
         return _LOADED[key]
@@ -37,7 +44,12 @@ def load_module(path: Path, tag: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # triton.jit reads the kernel source through its module
     try:
-        spec.loader.exec_module(module)
+        if source is None:
+            spec.loader.exec_module(module)
+        else:
+            # an entry whose mtime is None is never checked against the file (linecache.checkcache)
+            linecache.cache[str(path)] = (len(source), None, source.splitlines(keepends=True), str(path))
+            exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - our own generated module
     except Exception as exc:
         sys.modules.pop(name, None)
         raise KernelLoadError(f"generated module {path} failed to import: {type(exc).__name__}: {exc}") from exc
