@@ -374,12 +374,12 @@ def merge_dirs(args: argparse.Namespace) -> int:
 
 
 def write_headline(args: argparse.Namespace) -> int:
-    env, rows, _ = cr.from_json(json.loads(args.headline.read_text()))
+    env, rows, parts = cr.from_json(json.loads(args.headline.read_text()))
     try:
         source = args.headline.resolve().relative_to(REPO).as_posix()
     except ValueError:
         source = str(args.headline)
-    block = cr.headline_block(env, rows, source)
+    block = cr.headline_block(env, rows, source, runs=len(parts))
     args.readme.write_text(cr.replace_between_markers(args.readme.read_text(), block))
     print(block)
     print(f"\nrewrote the headline block of {args.readme}")

@@ -332,9 +332,12 @@ def headline_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def headline_block(env: dict[str, Any], rows: Sequence[Row], source: str) -> str:
+def headline_block(env: dict[str, Any], rows: Sequence[Row], source: str, runs: int = 1) -> str:
+    """The README's headline: how and where it was measured, then ``headline_table``. ``runs``:
+    how many runs a merged compare.json holds (``env`` is the newest one's)."""
+    where = "Measured on" if runs <= 1 else f"Merged from {runs} runs (each row the newest of its case), the newest on"
     return "\n".join([
-        f"Measured on {env.get('device', '?')} ({env.get('date_utc', '?')} UTC; torch {env.get('torch', '?')}, "
+        f"{where} {env.get('device', '?')} ({env.get('date_utc', '?')} UTC; torch {env.get('torch', '?')}, "
         f"Triton {env.get('triton', '?')}, CUDA {env.get('cuda') or '-'}, attngen {env.get('attngen', '?')} at "
         f"{env.get('commit', '?')}), {env.get('dtype', '?')}, peers in the same process on the same inputs. "
         "TFLOP/s count attended entries (x3.5 for forward+backward); xR = attngen's throughput over the peer's "
