@@ -13,6 +13,7 @@ import torch
 
 from .ir.nodes import Neighborhood, Variant
 from .runtime.attention import CompiledAttention
+from .runtime.ops import kernel_for
 
 
 def _per_axis(name: str, value: object, rank: int) -> tuple:
@@ -24,12 +25,23 @@ def _per_axis(name: str, value: object, rank: int) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(kernel_size: tuple, dilation: tuple, stride: tuple, is_causal: tuple) -> CompiledAttention:
+def _compile(kernel_size: tuple, dilation: tuple, stride: tuple, is_causal: tuple) -> CompiledAttention:
     from .compiler import compile as compile_variant
 
     rank = len(kernel_size)
     mask = Neighborhood(kernel_size, dilation, stride, is_causal)
     return compile_variant(Variant(mask=mask, name=f"na{rank}d"))
+
+
+@torch._dynamo.assume_constant_result
+def _kernel_key(kernel_size: tuple, dilation: tuple, stride: tuple, is_causal: tuple) -> str:
+    """The compiled geometry's kernel key: a constant for torch.compile, which then reads
+    the kernel from the ops' registry instead of tracing the compiler."""
+    return _compile(kernel_size, dilation, stride, is_causal).key
+
+
+def _compiled(*geometry: tuple) -> CompiledAttention:
+    return kernel_for(_kernel_key(*geometry))
 
 
 def _grid_view(x: torch.Tensor, name: str, rank: int) -> torch.Tensor:

@@ -167,10 +167,10 @@ def test_runtime_tensor_not_a_tensor(biased):
     _raises(TypeError, "^bias must be a torch.Tensor", biased, q, k, v, bias=[0.0, 1.0])
 
 
-def test_runtime_tensor_bool_dtype(biased):
+def test_runtime_tensor_complex_dtype(biased):
     q, k, v = qkv()
-    _raises(TypeError, "^bias has dtype torch.bool", biased, q, k, v, bias=torch.zeros(2, dtype=torch.bool,
-                                                                                      device=DEVICE))
+    _raises(TypeError, "^bias has dtype torch.complex64", biased, q, k, v,
+            bias=torch.zeros(2, dtype=torch.complex64, device=DEVICE))
 
 
 def test_two_d_runtime_tensor():

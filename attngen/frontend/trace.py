@@ -76,6 +76,8 @@ def _to_sympy(x: Any, ctx: _Context, what: str) -> sympy.Basic:
                        "(e.g. bias[h]) so it is read at run time")
     if isinstance(x, TensorProxy):
         raise ctx.fail(f"{what}: runtime tensor '{x.name}' is used without indexing it")
+    if isinstance(x, PartialRead):
+        x.incomplete()
     raise ctx.fail(f"{what}: unsupported value of type {type(x).__name__}")
 
 
@@ -86,7 +88,13 @@ def _arith(e: sympy.Basic) -> sympy.Basic:
     return e
 
 
+def _truth(e: sympy.Basic) -> sympy.Basic:
+    """A tensor read as a truth value, as torch reads a bool or int mask tensor: nonzero."""
+    return sympy.Ne(e, 0) if isinstance(e, sympy.Indexed) else e
+
+
 def _boolean(e: sympy.Basic, ctx: _Context, op: str) -> sympy.Basic:
+    e = _truth(e)
     if is_boolean(e):
         return e
     raise ctx.fail(f"'{op}' is only supported on boolean values (comparisons), not on {e}")
@@ -127,6 +135,50 @@ def _binary(fn: Callable) -> Callable:
     return lambda ctx, name, a, b: fn(_arith(_to_sympy(a, ctx, name)), _arith(_to_sympy(b, ctx, name)))
 
 
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _cast(x: "Sym", dtype: torch.dtype | None) -> "Sym":
+    """``x.to(dtype)`` on a 0-d stand-in: bool is "nonzero", a truth value in arithmetic is
+    0/1, and floats are kept (the kernels compute in fp32 whatever the tensor's dtype)."""
+    if dtype is None or not isinstance(dtype, torch.dtype):
+        return x
+    e = x.expr
+    if dtype == torch.bool:
+        return Sym(e if is_boolean(e) else sympy.Ne(_arith(e), 0), x.ctx)
+    if dtype in _INTEGER_DTYPES and not is_boolean(e) and e.is_integer is not True:
+        raise x.ctx.fail(f"casting {e} to {dtype} would truncate a float; integer casts are supported on "
+                         "index expressions and truth values only")
+    return Sym(_arith(e), x.ctx)
+
+
+def _constant(ctx: _Context, op: str, value: Any, dtype: torch.dtype | None, size: tuple) -> "Sym":
+    """``x.new_ones(())`` and friends: a 0-d constant (FlexAttention's and_masks / or_masks /
+    noop_mask start from one)."""
+    shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+    if any(d != 1 for d in shape):
+        raise ctx.fail(f"{op} with size {tuple(shape)}: only 0-d (scalar) tensors can be traced")
+    e = _to_sympy(value, ctx, op)
+    if dtype == torch.bool:
+        e = e if is_boolean(e) else (sympy.true if e != 0 else sympy.false)
+    return Sym(e, ctx) if dtype is None else _cast(Sym(e, ctx), dtype)
+
+
+def _like(value: Any) -> Callable:
+    """torch.ones_like / zeros_like / full_like on a stand-in."""
+    def make(ctx: _Context, name: str, x, fill=None, dtype=None, **_):
+        return _constant(ctx, name, value if fill is None else fill, dtype, ()).expr
+    return make
+
+
+def _logic(fn: Callable) -> Callable:
+    return lambda ctx, name, *xs: fn(*(_boolean(_to_sympy(x, ctx, name), ctx, name) for x in xs))
+
+
+def _compare(fn: Callable) -> Callable:
+    return lambda ctx, name, a, b: fn(_arith(_to_sympy(a, ctx, name)), _arith(_to_sympy(b, ctx, name)))
+
+
 _TORCH_OPS: dict[Any, Callable] = {
     torch.exp: _unary(sympy.exp),
     torch.exp2: _unary(lambda x: sympy.Integer(2) ** x),
@@ -145,27 +197,84 @@ _TORCH_OPS: dict[Any, Callable] = {
     torch.maximum: _binary(sympy.Max),
     torch.clamp: _clamp,
     torch.where: _where,
+    torch.add: _binary(lambda a, b: a + b),
+    torch.sub: _binary(lambda a, b: a - b),
+    torch.mul: _binary(lambda a, b: a * b),
+    torch.div: _binary(lambda a, b: a / b),
+    torch.pow: _binary(lambda a, b: a ** b),
+    torch.floor_divide: _binary(FloorDiv),
+    torch.remainder: _binary(sympy.Mod),
+    torch.eq: _compare(sympy.Eq),
+    torch.ne: _compare(sympy.Ne),
+    torch.lt: _compare(sympy.Lt),
+    torch.le: _compare(sympy.Le),
+    torch.gt: _compare(sympy.Gt),
+    torch.ge: _compare(sympy.Ge),
+    torch.logical_and: _logic(sympy.And),
+    torch.logical_or: _logic(sympy.Or),
+    torch.logical_xor: _logic(sympy.Xor),
+    torch.logical_not: _logic(sympy.Not),
+    torch.ones_like: _like(1),
+    torch.zeros_like: _like(0),
+    torch.full_like: _like(None),
 }
 for _method, _fn in [("exp", torch.exp), ("exp2", torch.exp2), ("log", torch.log), ("tanh", torch.tanh),
                      ("sigmoid", torch.sigmoid), ("sin", torch.sin), ("cos", torch.cos), ("tan", torch.tan),
-                     ("sqrt", torch.sqrt), ("abs", torch.abs), ("clamp", torch.clamp), ("neg", torch.neg)]:
+                     ("sqrt", torch.sqrt), ("abs", torch.abs), ("clamp", torch.clamp), ("neg", torch.neg),
+                     ("log2", torch.log2), ("rsqrt", torch.rsqrt)]:
     _TORCH_OPS[getattr(torch.Tensor, _method)] = _TORCH_OPS[_fn]
 
 
-def _read(ctx: _Context, base: str, key: Any, ndim: int | None) -> "Sym":
+def _read(ctx: _Context, base: str, key: Any, ndim: int | None, parts: tuple = (),
+          boolean: bool = False) -> "Sym | PartialRead":
+    """``base[key]`` after the indices ``parts`` (chained indexing: ``t[i][j]``). A tensor of
+    known rank read with fewer indices is a ``PartialRead`` awaiting the rest; a bool tensor's
+    element is a truth value."""
     idx = key if isinstance(key, tuple) else (key,)
-    parts = []
-    for i, k in enumerate(idx):
+    parts = list(parts)
+    for k in idx:
+        i = len(parts)
         if isinstance(k, (slice, type(None), type(Ellipsis))) or isinstance(k, torch.Tensor):
             raise ctx.fail(f"indexing '{base}' with {k!r}: only integer index expressions are supported")
         e = _to_sympy(k, ctx, f"index {i} of '{base}'")
         if is_boolean(e) or e.is_integer is False:
             raise ctx.fail(f"index {i} of '{base}' is not an integer expression: {e}")
         parts.append(e)
-    if ndim is not None and len(parts) != ndim:
+    if ndim is not None and len(parts) > ndim:
         raise ctx.fail(f"tensor '{base}' has {ndim} dimensions but is indexed with {len(parts)} indices; "
                        "a read must select a single element")
-    return Sym(tensor_read(base, tuple(parts)), ctx)
+    if ndim is not None and len(parts) < ndim:
+        return PartialRead(base, tuple(parts), ndim, boolean, ctx)
+    read = tensor_read(base, tuple(parts))
+    return ReadSym(sympy.Ne(read, 0) if boolean else read, ctx, base, tuple(parts))
+
+
+class PartialRead:
+    """``t[i]`` of a tensor with more dimensions: only further indexing is allowed."""
+
+    def __init__(self, base: str, parts: tuple, ndim: int, boolean: bool, ctx: _Context) -> None:
+        self.base, self.parts, self.ndim, self.boolean, self.ctx = base, parts, ndim, boolean, ctx
+
+    def __getitem__(self, key: Any) -> "Sym | PartialRead":
+        return _read(self.ctx, self.base, key, self.ndim, self.parts, self.boolean)
+
+    def incomplete(self, *_args, **_kwargs):
+        raise self.ctx.fail(f"'{self.base}' is {self.ndim}-D but is read with {len(self.parts)} indices; "
+                            "a read must select a single element")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        part = next(a for a in tuple(args) + tuple((kwargs or {}).values()) if isinstance(a, PartialRead))
+        raise part.ctx.fail(
+            f"{getattr(func, '__name__', func)} on '{part.base}' read with {len(part.parts)} of its {part.ndim} "
+            "indices: operations over a tensor's dimension (dot products, sums) cannot be traced; compute the "
+            "result into a tensor before the call and read one element of it")
+
+
+for _op in ("add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "floordiv", "rfloordiv", "mod",
+            "rmod", "pow", "rpow", "neg", "abs", "lt", "le", "gt", "ge", "eq", "ne", "and", "rand", "or", "ror",
+            "invert", "bool", "index", "int", "float"):
+    setattr(PartialRead, f"__{_op}__", PartialRead.incomplete)  # using t[i] of a 2-D t as a value
 
 
 class TensorProxy:
@@ -264,14 +373,50 @@ class Sym:
     def __iter__(self):
         raise self.ctx.fail(f"iterating over the traced value {self.expr}")
 
-    # -- tensor-like methods a FlexAttention mod may call
-    def to(self, *args, **kwargs): return self
-    def float(self): return self
+    # -- tensor-like methods and attributes a FlexAttention mod may use (on 0-d tensors)
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")  # stand-ins live on no device; new_ones(device=...) ignores it
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bool if is_boolean(self.expr) else torch.int32 if self.expr.is_integer else torch.float32
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size()
+
+    @property
+    def ndim(self) -> int:
+        return 0
+
+    def dim(self) -> int: return 0
+    def size(self, dim=None): return torch.Size() if dim is None else self[dim]
+
+    def to(self, *args, **kwargs):
+        dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), None))
+        return _cast(self, dtype)
+
+    def type(self, dtype=None): return _cast(self, dtype)
+    def bool(self): return _cast(self, torch.bool)
+    def int(self): return _cast(self, torch.int32)
+    def long(self): return _cast(self, torch.int64)
+    def float(self): return _cast(self, torch.float32)
+    def half(self): return _cast(self, torch.float16)
+    def bfloat16(self): return _cast(self, torch.bfloat16)
+    def double(self): return _cast(self, torch.float64)
+    def new_ones(self, *size, dtype=None, **_): return _constant(self.ctx, "new_ones", 1, dtype, size)
+    def new_zeros(self, *size, dtype=None, **_): return _constant(self.ctx, "new_zeros", 0, dtype, size)
+    def new_full(self, size, fill_value, dtype=None, **_):
+        return _constant(self.ctx, "new_full", fill_value, dtype, (size,))
+    def new_tensor(self, data, dtype=None, **_): return _constant(self.ctx, "new_tensor", data, dtype, ())
     def exp(self): return Sym(sympy.exp(_arith(self.expr)), self.ctx)
     def abs(self): return abs(self)
     def tanh(self): return Sym(sympy.tanh(_arith(self.expr)), self.ctx)
     def sigmoid(self): return Sym(_TORCH_OPS[torch.sigmoid](self.ctx, "sigmoid", self), self.ctx)
     def clamp(self, min=None, max=None): return Sym(_clamp(self.ctx, "clamp", self, min, max), self.ctx)  # noqa: A002
+    def maximum(self, o): return Sym(_TORCH_OPS[torch.maximum](self.ctx, "maximum", self, o), self.ctx)
+    def minimum(self, o): return Sym(_TORCH_OPS[torch.minimum](self.ctx, "minimum", self, o), self.ctx)
     def logical_and(self, o): return self & o
     def logical_or(self, o): return self | o
     def logical_not(self): return ~self
@@ -286,13 +431,29 @@ class Sym:
         name = getattr(func, "__name__", repr(func))
         if func is torch.Tensor.__getitem__:
             tensor, key = args
-            return _read(ctx, ctx.capture(tensor), key, tensor.ndim)
+            return _read(ctx, ctx.capture(tensor), key, tensor.ndim, boolean=tensor.dtype == torch.bool)
         op = _TORCH_OPS.get(func)
         if op is None:
             raise ctx.fail(f"unsupported operation torch.{name}; supported: arithmetic, comparisons, &, |, ~, "
                            "abs, torch.where/exp/exp2/log/tanh/sigmoid/sin/cos/tan/sqrt/abs/minimum/maximum/clamp "
                            "and indexing tensors with index expressions")
         return Sym(op(ctx, name, *args, **kwargs), ctx)
+
+
+class ReadSym(Sym):
+    """An element read from a tensor; indexing it again reads with more indices (a runtime
+    tensor's rank is unknown while tracing, so ``t[i][j]`` is the read ``t[i, j]``)."""
+
+    __slots__ = ("base", "parts")
+
+    def __init__(self, expr: sympy.Basic, ctx: _Context, base: str, parts: tuple) -> None:
+        super().__init__(expr, ctx)
+        self.base, self.parts = base, parts
+
+    def __getitem__(self, key):
+        if isinstance(self.expr, sympy.Indexed):
+            return _read(self.ctx, self.base, key, None, self.parts)
+        return super().__getitem__(key)
 
 
 def _fn_name(fn: Callable) -> str:
@@ -372,6 +533,7 @@ def trace_mask_mod(fn: Callable, name: str | None = None) -> MaskMod:
     """Trace ``fn(b, h, q_idx, kv_idx, *tensors)`` into a ``MaskMod``."""
     fixed = (B, H, Q_IDX, KV_IDX)
     pred, ctx, name = _trace(fn, "mask_mod", fixed, name)
+    pred = _truth(pred)  # `return keep[b, h, q_idx // 64, kv_idx // 64]` on a bool or int tensor
     if not is_boolean(pred):
         raise TraceError(f"mask_mod '{name}' must return a boolean (a comparison), got {pred}")
     pred = _canonical(pred, fixed, "mask_mod", name)

@@ -1,6 +1,7 @@
 """``CompiledAttention``: the callable that ``ag.compile`` returns."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import sympy
@@ -9,12 +10,13 @@ import triton
 
 from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
-from .autograd import AttentionFunction, BackwardSetup
-from .compiled import CompiledKernel, device_guard
+from . import ops
+from .autograd import AttentionFunction, BackwardSetup, run_backward
+from .compiled import CompiledKernel, device_guard, in_graph
 from .config import KernelConfig, choose_config
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
-from .validate import Problem, check_qkv, check_runtime_tensors, check_scale, resolve_spatial
+from .validate import Problem, check_out, check_qkv, check_runtime_tensors, check_scale, resolve_spatial
 
 
 def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:
@@ -48,9 +50,30 @@ def _reads_per_tile(ir: KernelIR) -> bool:
     return any(r.free_symbols & per_kv for r in score.atoms(sympy.Indexed))
 
 
+@dataclass(frozen=True)
+class AttentionCall:
+    """A call's settings besides its tensors: what the eager path and the custom ops
+    (runtime/ops.py) hand to ``forward_impl`` / ``backward_impl``.
+
+    ``scale``: None for 1/sqrt(D). ``spatial_shape``: the neighborhood's grid (None without
+    one). ``config``: a fixed launch config, or None to select one. ``store_lse``: the
+    forward writes the log-sum-exp (a backward or the caller reads it). ``return_lse``: the
+    caller reads it, so its gradient can reach the backward. ``deterministic``: gradients of
+    score tensors without atomics."""
+
+    scale: float | None = None
+    spatial_shape: tuple[int, ...] | None = None
+    config: KernelConfig | None = None
+    store_lse: bool = False
+    return_lse: bool = False
+    deterministic: bool = False
+
+
 class CompiledAttention(CompiledKernel):
     """A compiled softmax or sigmoid variant. Call it like
     ``attn(q, k, v, scale=None, return_lse=False, **tensors)``; attributes as CompiledKernel's."""
+
+    config_type = KernelConfig
 
     def __init__(self, variant: Variant, ir: KernelIR, module_path: Path, key: str, from_cache: bool) -> None:
         super().__init__(variant, ir, module_path, key, from_cache)
@@ -61,7 +84,10 @@ class CompiledAttention(CompiledKernel):
         self._has_halves = f"def {ir.name}_fwd_halves(" in self.source  # templates/attention_fwd.py.j2
         # dense and band kernels: the full-tile loop can be warp-specialized (KernelConfig.warp_specialize)
         self._has_warp_specialize = "WARP_SPECIALIZE: tl.constexpr" in self.source
+        self._has_backward = "def launch_backward(" in self.source  # templates/attention_bwd.py.j2
         self._fitted: dict[tuple, tuple[KernelConfig, str]] = {}
+        self._calls: dict[tuple, AttentionCall] = {}  # call_settings' memo
+        self._problems: dict[tuple, tuple] = {}  # _problem's memo
         self.last_config: KernelConfig | None = None  # what the latest call launched with
         # where it came from: "explicit" (config=), "record" (user tuning record), "shipped"
         # (autotune/<gpu>.json) or "heuristic" (choose_config)
@@ -70,12 +96,14 @@ class CompiledAttention(CompiledKernel):
     def __repr__(self) -> str:
         return f"CompiledAttention({self.ir.name!r}, tiles={self.ir.strategy}, path='{self.path}')"
 
-    def prepare(self, q, k, v, scale=None, spatial_shape=None, **tensors):
+    def prepare(self, q, k, v, scale=None, spatial_shape=None, captured=None, **tensors):
         """Validate a call's inputs; returns the problem sizes, the scale, every tensor and
-        the neighborhood's axes at ``spatial_shape`` (None without a neighborhood)."""
+        the neighborhood's axes at ``spatial_shape`` (None without a neighborhood).
+        ``captured``: the captured tensors to read (default: the variant's)."""
         p = check_qkv(q, k, v)
         sm_scale = check_scale(scale, p.D)
-        bound = check_runtime_tensors(self.variant.tensors(), tensors, self.variant.captured(), p, self.ir.name)
+        bound = check_runtime_tensors(self._params, tensors, self._captured if captured is None else captured, p,
+                                      self.ir.name)
         axes = None
         if self.ir.neighborhood is not None:
             axes = resolve_spatial(self.variant.mask, spatial_shape, p)[0]
@@ -93,6 +121,16 @@ class CompiledAttention(CompiledKernel):
         mask_tensors = {n: t for n, t in bound.items() if n in self._mask_tensors}
         return self._tiles.get(self.module(p.device), mask_tensors, p.B, p.HQ, p.Lq, p.Lkv, config, p.device, axes)
 
+    def captured_tensors(self) -> dict[str, torch.Tensor]:
+        """The captured tensors a call reads (bound to live objects: in-place updates are seen)."""
+        return dict(self._captured)
+
+    def call_with_captures(self, captured: dict[str, torch.Tensor], q: torch.Tensor, k: torch.Tensor,
+                           v: torch.Tensor, **kwargs):
+        """A call that reads ``captured`` instead of the variant's captured tensors (the same
+        names): ``ag.flex_attention`` passes the tensors its mods' closures hold now."""
+        return self._run(captured, q, k, v, **kwargs)
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                  return_lse: bool = False, config: KernelConfig | None = None,
                  spatial_shape: tuple[int, ...] | None = None, out: torch.Tensor | None = None,
@@ -105,8 +143,17 @@ class CompiledAttention(CompiledKernel):
         ``deterministic``: compute gradients of score tensors without atomics (slower;
         default: ``torch.are_deterministic_algorithms_enabled()``). q, k, v gradients are
         always deterministic.
+
+        Under ``torch.compile`` / ``torch.export`` the launch is the custom op
+        ``attngen::attention`` (runtime/ops.py); eager calls run the same implementation
+        without the dispatcher.
         """
-        p, sm_scale, bound, axes = self.prepare(q, k, v, scale, spatial_shape, **tensors)
+        return self._run(self._captured, q, k, v, scale=scale, return_lse=return_lse, config=config,
+                         spatial_shape=spatial_shape, out=out, deterministic=deterministic, **tensors)
+
+    def _run(self, captured: dict[str, torch.Tensor], q, k, v, *, scale=None, return_lse=False, config=None,
+             spatial_shape=None, out=None, deterministic=None, **tensors):
+        p, _, bound, axes = self.prepare(q, k, v, scale, spatial_shape, captured, **tensors)
         if not isinstance(return_lse, bool):
             raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
         if return_lse and self.ir.algorithm != "online_softmax":
@@ -118,35 +165,99 @@ class CompiledAttention(CompiledKernel):
             deterministic = torch.are_deterministic_algorithms_enabled()
         elif not isinstance(deterministic, bool):
             raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
-        learnable = tuple(n for n, t in bound.items() if t.requires_grad) if torch.is_grad_enabled() else ()
-        needs_grad = torch.is_grad_enabled() and (any(t.requires_grad for t in (q, k, v)) or bool(learnable))
-        module = self.module(p.device)
-        if needs_grad and not hasattr(module, "launch_backward"):
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *bound.values()))
+        if needs_grad and not self._has_backward:
             raise NotImplementedError(f"variant '{self.ir.name}': no backward kernel could be generated for its "
                                       "score_mod's derivative; run under torch.no_grad() or detach the inputs")
-        out = self.output(p, out, needs_grad, "q, k or v")
-        # The log-sum-exp is written only where something reads it: a backward, or the caller.
-        lse = (torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
-               if needs_grad or return_lse else None)
-        self.poison(out, lse)
-
-        def run_forward():
-            with device_guard(p.device):
-                if config is not None:  # the caller's choice: no fallback
-                    module.launch_forward(q, k, v, out, lse, sm_scale, bound,
-                                          self.tile_lists(p, bound, config, axes), config)
-                    self.last_config, self.last_config_source = config, "explicit"
-                else:
-                    self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound,
-                                                                  axes)
-            return out, lse, self.last_config
-
+        if out is not None:
+            if needs_grad:
+                raise ValueError("out= cannot be used when q, k, v or a runtime tensor require grad")
+            check_out(out, p)
+        spatial = None if axes is None else tuple(spatial_shape if isinstance(spatial_shape, (tuple, list))
+                                                  else (spatial_shape,))
+        call = AttentionCall(scale, spatial, config, needs_grad or return_lse, return_lse, deterministic)
+        if in_graph(q, k, v):
+            return self._through_ops(call, q, k, v, bound, out)
         if needs_grad:
-            setup = self._backward_setup(module, p, sm_scale, bound, axes, learnable, deterministic, spatial_shape)
-            out, lse = AttentionFunction.apply(run_forward, setup, q, k, v, *(bound[n] for n in learnable))
+            out, lse = AttentionFunction.apply(self, call, q, k, v, *bound.values())
         else:
-            run_forward()
+            out, lse = self.forward_impl(call, q, k, v, bound, out=out)
         return (out, lse) if return_lse else out
+
+    def _through_ops(self, call: AttentionCall, q, k, v, bound: dict[str, torch.Tensor], out):
+        """The call as the custom op a graph records (torch.compile, torch.export)."""
+        common = (self.key, q, k, v, list(bound.values()), call.scale, ops.encode_spatial(call.spatial_shape),
+                  ops.encode_config(call.config))
+        if out is not None:
+            lse = (torch.empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32, device=q.device)
+                   if call.return_lse else None)
+            torch.ops.attngen.attention_into(*common, out, lse)
+        else:
+            out, lse = torch.ops.attngen.attention(*common, call.store_lse, call.return_lse, call.deterministic)
+        return (out, lse) if call.return_lse else out
+
+    def call_settings(self, scale: float | None, spatial_shape: str, config: str, store_lse: bool,
+                      return_lse: bool, deterministic: bool) -> AttentionCall:
+        """The AttentionCall the custom ops' arguments describe (decoded once per distinct call)."""
+        key = (scale, spatial_shape, config, store_lse, return_lse, deterministic)
+        call = self._calls.get(key)
+        if call is None:
+            call = AttentionCall(scale, ops.decode_spatial(spatial_shape) or None,
+                                 ops.decode_config(config, KernelConfig), store_lse, return_lse, deterministic)
+            self._calls[key] = call
+        return call
+
+    def bind(self, tensors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The variant's tensors by name, from the list the custom ops take (in ``prepare``'s order)."""
+        return dict(zip(self._names, tensors))
+
+    def _problem(self, call: AttentionCall, q, k, v) -> tuple[Problem, float, object]:
+        """Sizes, scale and neighborhood axes of a validated call; memoized per shape, since
+        a graph's op calls them on every step (host time is the budget there)."""
+        signature = (q.shape, k.shape, v.shape[3], q.dtype, q.device, call.spatial_shape, call.scale)
+        found = self._problems.get(signature)
+        if found is None:
+            B, HQ, Lq, D = q.shape
+            p = Problem(B, HQ, k.shape[1], Lq, k.shape[2], D, v.shape[3], q.dtype, q.device)
+            axes = None
+            if self.ir.neighborhood is not None:
+                axes = resolve_spatial(self.variant.mask, call.spatial_shape, p)[0]
+            found = (p, (D ** -0.5 if call.scale is None else call.scale), axes)
+            if len(self._problems) >= 64:  # dynamic shapes: keep the memo bounded
+                self._problems.clear()
+            self._problems[signature] = found
+        return found
+
+    def forward_impl(self, call: AttentionCall, q, k, v, bound: dict[str, torch.Tensor],
+                     out: torch.Tensor | None = None, lse: torch.Tensor | None = None):
+        """Launch the forward on validated inputs; returns (out, lse or None)."""
+        p, sm_scale, axes = self._problem(call, q, k, v)
+        module = self.module(p.device)
+        if out is None:
+            out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
+        # The log-sum-exp is written only where something reads it: a backward, or the caller.
+        if lse is None and call.store_lse:
+            lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device)
+        self.poison(out, lse)
+        with device_guard(p.device):
+            if call.config is not None:  # the caller's choice: no fallback
+                module.launch_forward(q, k, v, out, lse, sm_scale, bound,
+                                      self.tile_lists(p, bound, call.config, axes), call.config)
+                self.last_config, self.last_config_source = call.config, "explicit"
+            else:
+                self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes)
+        return out, lse
+
+    def backward_impl(self, call: AttentionCall, q, k, v, out, lse, dout, dlse, bound: dict[str, torch.Tensor],
+                      learnable: tuple[str, ...]):
+        """(dq, dk, dv, {name: gradient or None}) for the tensors named in ``learnable``."""
+        p, sm_scale, axes = self._problem(call, q, k, v)
+        module = self.module(p.device)
+        setup = self._backward_setup(module, p, sm_scale, bound, axes, learnable, call.deterministic,
+                                     call.spatial_shape)
+        forward_config = call.config if call.config is not None else self._fitted_config(p, axes)[0]
+        with device_guard(p.device):
+            return run_backward(setup, forward_config, q, k, v, out, lse, dout, dlse)
 
     def _backward_setup(self, module, p: Problem, sm_scale: float, bound: dict[str, torch.Tensor], axes,
                         learnable: tuple[str, ...], deterministic: bool, spatial_shape) -> BackwardSetup:
@@ -240,15 +351,7 @@ class CompiledAttention(CompiledKernel):
         attngen/autotune/select.py), stepping down while it does not fit the GPU (shared
         memory, registers); the config that fits is remembered for this problem class, so
         records are read once per class and later calls cost one dict lookup."""
-        # Lq/Lkv enter as their power-of-two bucket, the granularity of tuning records.
-        cls = (p.device, p.dtype, p.D, p.DV, (p.Lq - 1).bit_length(), (p.Lkv - 1).bit_length(), axes)
-        fitted = self._fitted.get(cls)
-        if fitted is None:
-            from ..autotune.select import select_config  # deferred: the autotune package imports this module
-
-            config, source = select_config(self, p, axes)
-        else:
-            config, source = fitted
+        config, source = self._fitted_config(p, axes)
         self.last_config_source = source
         while True:
             try:
@@ -261,5 +364,20 @@ class CompiledAttention(CompiledKernel):
                                        f"({exc})") from exc
                 config = smaller
                 continue
-            self._fitted[cls] = (config, source)
+            self._fitted[self._problem_class(p, axes)] = (config, source)
             return config
+
+    @staticmethod
+    def _problem_class(p: Problem, axes) -> tuple:
+        # Lq/Lkv enter as their power-of-two bucket, the granularity of tuning records.
+        return (p.device, p.dtype, p.D, p.DV, (p.Lq - 1).bit_length(), (p.Lkv - 1).bit_length(), axes)
+
+    def _fitted_config(self, p: Problem, axes) -> tuple[KernelConfig, str]:
+        """The config (and its source) a forward of this problem class launches with: the one
+        that fitted before, else the selected one (record, shipped default or heuristic)."""
+        fitted = self._fitted.get(self._problem_class(p, axes))
+        if fitted is not None:
+            return fitted
+        from ..autotune.select import select_config  # deferred: the autotune package imports this module
+
+        return select_config(self, p, axes)

@@ -61,38 +61,49 @@ class BackwardSetup:
     tensor_grads_in_torch: Callable
 
 
+def run_backward(setup: BackwardSetup, forward_config: KernelConfig, q, k, v, out, lse, dout, dlse):
+    """(dq, dk, dv, {name: gradient}) through the module's launch_backward, stepping down to
+    smaller tiles while the GPU refuses a pair; score tensors the kernels do not accumulate
+    get theirs from ``setup.tensor_grads_in_torch``."""
+    if dout is None:
+        dout = torch.zeros_like(out)
+    config = backward_config(q.device, forward_config, setup.small_tiles(forward_config))
+    while True:
+        buffers = {n: torch.zeros(setup.tensors[n].shape, dtype=torch.float32, device=q.device)
+                   for n in setup.kernel_grads}
+        try:
+            dq, dk, dv = setup.module.launch_backward(q, k, v, out, lse, dout, dlse, setup.sm_scale,
+                                                      setup.tensors, buffers, config, setup.tiles_for(config))
+            break
+        except triton.runtime.errors.OutOfResources:
+            smaller = _smaller(config)
+            if smaller is None:
+                raise
+            config = smaller
+    grads = {n: b.to(setup.tensors[n].dtype) for n, b in buffers.items()}
+    rest = [n for n in setup.learnable if n not in grads]
+    if rest:
+        grads.update(setup.tensor_grads_in_torch(rest, q, k, v, out, lse, dout, dlse))
+    return dq, dk, dv, grads
+
+
 class AttentionFunction(torch.autograd.Function):
-    """out, lse = attention(q, k, v, *learnable); backward through the module's launch_backward."""
+    """out, lse = attention(q, k, v, *tensors) for eager calls: the kernel's ``forward_impl``
+    and ``backward_impl``, which the custom ops (runtime/ops.py) run under graphs too."""
 
     @staticmethod
-    def forward(ctx, run_forward, setup: BackwardSetup, q, k, v, *learnable):
-        out, lse, config = run_forward()  # config: what the forward launched with
-        ctx.setup, ctx.config = setup, config
-        ctx.save_for_backward(q, k, v, out, lse)
+    def forward(ctx, kernel, call, q, k, v, *tensors):
+        out, lse = kernel.forward_impl(call, q, k, v, kernel.bind(tensors))
+        ctx.kernel, ctx.call = kernel, call
+        ctx.save_for_backward(q, k, v, out, lse, *tensors)
         ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        setup: BackwardSetup = ctx.setup
-        q, k, v, out, lse = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(out)
-        config = backward_config(q.device, ctx.config, setup.small_tiles(ctx.config))
-        while True:
-            buffers = {n: torch.zeros(setup.tensors[n].shape, dtype=torch.float32, device=q.device)
-                       for n in setup.kernel_grads}
-            try:
-                dq, dk, dv = setup.module.launch_backward(q, k, v, out, lse, dout, dlse, setup.sm_scale,
-                                                          setup.tensors, buffers, config, setup.tiles_for(config))
-                break
-            except triton.runtime.errors.OutOfResources:
-                smaller = _smaller(config)
-                if smaller is None:
-                    raise
-                config = smaller
-        grads = {n: b.to(setup.tensors[n].dtype) for n, b in buffers.items()}
-        rest = [n for n in setup.learnable if n not in grads]
-        if rest:
-            grads.update(setup.tensor_grads_in_torch(rest, q, k, v, out, lse, dout, dlse))
-        return (None, None, dq, dk, dv, *(grads.get(n) for n in setup.learnable))
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        kernel = ctx.kernel
+        bound = kernel.bind(tensors)
+        learnable = tuple(n for n, need in zip(bound, ctx.needs_input_grad[5:]) if need)
+        dq, dk, dv, grads = kernel.backward_impl(ctx.call, q, k, v, out, lse, dout, dlse, bound, learnable)
+        return (None, None, dq, dk, dv, *(grads.get(n) for n in bound))

@@ -11,10 +11,15 @@ import torch
 
 from ..ir.kernel import KernelIR
 from ..ir.nodes import Variant
-from . import triton_binaries
+from . import ops, triton_binaries
 from .cache import entry_dir
 from .loader import interpreter_active, load_module
-from .validate import Problem, check_out
+
+
+def in_graph(*tensors: torch.Tensor) -> bool:
+    """Whether this call is being traced into a graph (torch.compile, torch.export, or
+    make_fx-style tracing with tensor subclasses), where the launch must be a custom op."""
+    return torch.compiler.is_compiling() or any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
 
 
 def device_guard(device: torch.device):
@@ -35,6 +40,12 @@ class CompiledKernel:
         self.from_cache = from_cache
         self.source = self.path.read_text()
         self._module = None
+        # the variant's tensors, resolved once: a call (and a graph tracer such as Dynamo,
+        # which reads them as attributes) does not walk the IR again
+        self._params = variant.tensors()
+        self._names = tuple(p.name for p in self._params)
+        self._captured = variant.captured()
+        ops.register(self)
 
     def module(self, device: torch.device):
         """The generated module (CPU tensors need the process to run the Triton interpreter)."""
@@ -47,17 +58,6 @@ class CompiledKernel:
                 triton_binaries.attach(module, entry_dir(self.key))
             self._module = module
         return self._module
-
-    @staticmethod
-    def output(p: Problem, out: torch.Tensor | None, needs_grad: bool, grad_inputs: str) -> torch.Tensor:
-        """The (B, Hq, Lq, Dv) output: a new tensor, or the caller's ``out`` (checked; not
-        allowed when ``grad_inputs`` require grad, since autograd owns the output then)."""
-        if out is None:
-            return torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
-        if needs_grad:
-            raise ValueError(f"out= cannot be used when {grad_inputs} require grad")
-        check_out(out, p)
-        return out
 
     @staticmethod
     def poison(*buffers: torch.Tensor | None) -> None:

@@ -146,3 +146,33 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
             return KernelConfig(128, 64, 8, 3)
         return KernelConfig(128, 128, 8, 3)
     return KernelConfig(128, 64, 4, 2)
+
+
+def config_to_dict(c: KernelConfig) -> dict:
+    """The JSON form of a config (tuning records, and the custom ops' ``config`` argument);
+    fields at their defaults are left out, so older records read the same."""
+    out = {"block_m": c.block_m, "block_n": c.block_n, "num_warps": c.num_warps, "num_stages": c.num_stages}
+    for name in ("q_box", "kv_box"):
+        if getattr(c, name) is not None:
+            out[name] = list(getattr(c, name))
+    for flag in ("halves", "warp_specialize"):
+        if getattr(c, flag):
+            out[flag] = True
+    return out
+
+
+def config_from_dict(d: object) -> KernelConfig:
+    """Parse a stored config; ValueError/TypeError when it is not one."""
+    if not isinstance(d, dict):
+        raise TypeError(f"a config must be an object, got {type(d).__name__}")
+    fields = {k: d[k] for k in ("block_m", "block_n", "num_warps", "num_stages")}
+    for k in ("q_box", "kv_box"):
+        if d.get(k) is not None:
+            fields[k] = tuple(d[k])
+    if not all(isinstance(v, int) and not isinstance(v, bool) for k, v in fields.items() if not k.endswith("box")):
+        raise TypeError(f"config fields must be integers: {d}")
+    flags = {flag: d.get(flag, False) for flag in ("halves", "warp_specialize")}
+    for flag, val in flags.items():
+        if not isinstance(val, bool):
+            raise TypeError(f"config field {flag} must be true or false: {d}")
+    return KernelConfig(**fields, **flags)

@@ -16,8 +16,9 @@ import triton
 
 from ..ir.kernel import BAND, KernelIR
 from ..ir.nodes import Variant
-from .compiled import CompiledKernel, device_guard
-from .validate import Problem, check_qkv, check_runtime_tensors
+from . import ops
+from .compiled import CompiledKernel, device_guard, in_graph
+from .validate import Problem, check_out, check_qkv, check_runtime_tensors
 
 
 def _pow2(n: int) -> int:
@@ -100,14 +101,22 @@ def _launch(fn: Callable[[LinearConfig], object], config: LinearConfig, fixed: b
             config = smaller
 
 
+@dataclass(frozen=True)
+class LinearCall:
+    """A call's fixed launch configurations (None: the heuristic's, stepping down on failure)."""
+
+    config: LinearConfig | None = None
+    backward_config: LinearConfig | None = None
+
+
 class LinearAttentionFunction(torch.autograd.Function):
-    """out = linear_attention(q, k, v, decay_log); the backward runs the module's
-    launch_backward (dq, dk, dv, d decay_log)."""
+    """out = linear_attention(q, k, v, decay_log) for eager calls: the kernel's
+    ``forward_impl`` and ``backward_impl`` (which the custom ops run under graphs too)."""
 
     @staticmethod
-    def forward(ctx, run_forward, run_backward, q, k, v, decay_log):
-        out, den = run_forward()
-        ctx.run_backward = run_backward
+    def forward(ctx, kernel, call, q, k, v, decay_log):
+        out, den = kernel.forward_impl(call, q, k, v, decay_log)
+        ctx.kernel, ctx.call = kernel, call
         # the backward reads out only for the normalizer's gradient (den is None without one)
         ctx.save_for_backward(q, k, v, out if den is not None else None, den, decay_log)
         return out
@@ -116,11 +125,8 @@ class LinearAttentionFunction(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, den, decay_log = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[2:6])
-        grads = ctx.run_backward(q, k, v, out, den, dout, decay_log, needs)
-        dq, dk, dv, dgamma = (g if need else None for g, need in zip(grads, needs))  # dq may serve dgamma only
-        if dgamma is not None:
-            dgamma = dgamma.to(decay_log.dtype)
-        return None, None, dq, dk, dv, dgamma
+        grads = ctx.kernel.backward_impl(ctx.call, q, k, v, out, den, dout, decay_log, needs)
+        return (None, None, *(g if need else None for g, need in zip(grads, needs)))
 
 
 class CompiledLinearAttention(CompiledKernel):
@@ -130,6 +136,8 @@ class CompiledLinearAttention(CompiledKernel):
     ``from_cache``, ``last_config``. ``scale`` is rejected (linear attention is unscaled:
     scale q yourself) and so is ``return_lse=True`` (there is no log-sum-exp).
     """
+
+    config_type = LinearConfig
 
     def __init__(self, variant: Variant, ir: KernelIR, module_path: Path, key: str, from_cache: bool) -> None:
         super().__init__(variant, ir, module_path, key, from_cache)
@@ -156,7 +164,7 @@ class CompiledLinearAttention(CompiledKernel):
         if scale is not None:
             raise ValueError(f"scale: linear attention has no scale (phi(q) . phi(k) is used unscaled, "
                              f"SEMANTICS.md); leave scale=None and scale q yourself, got scale={scale!r}")
-        bound = check_runtime_tensors(self.variant.tensors(), tensors, self.variant.captured(), p, self.ir.name)
+        bound = check_runtime_tensors(self._params, tensors, self._captured, p, self.ir.name)
         if self.causal and p.Lq != p.Lkv:
             raise ValueError(f"k has {p.Lkv} positions but q has {p.Lq}: causal linear attention needs Lq == Lkv "
                              "(self-attention)")
@@ -187,35 +195,56 @@ class CompiledLinearAttention(CompiledKernel):
         p, decay_log = self.prepare(q, k, v, scale, **tensors)
         inputs = (q, k, v) + ((decay_log,) if decay_log is not None else ())
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        module = self.module(p.device)
-        out = self.output(p, out, needs_grad, "q, k, v or decay_log")
-        den = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device) if self.normalize else None
-        self.poison(out, den)
-
-        def run_forward():
-            cls = (p.device, p.dtype, p.D, p.DV, "forward")
-            start = config or self._fitted.get(cls) or self.config_for(p.device, p.dtype, p.D, p.DV)
-            with device_guard(p.device):
-                _, used = _launch(lambda c: module.launch_forward(q, k, v, out, den, decay_log, c), start,
-                                  config is not None, f"variant '{self.ir.name}' forward")
-            if config is None:
-                self._fitted[cls] = used
-            self.last_config = used
-            return out, den
-
-        def run_backward(q, k, v, out, den, dout, decay_log, needs):
-            cls = (p.device, p.dtype, p.D, p.DV, "backward", needs[3])
-            start = (backward_config or self._fitted.get(cls)
-                     or self.config_for(p.device, p.dtype, p.D, p.DV, decay_grad=needs[3]))
-            with device_guard(p.device):
-                grads, used = _launch(lambda c: module.launch_backward(q, k, v, out, den, dout, decay_log, c, needs),
-                                      start, backward_config is not None, f"variant '{self.ir.name}' backward")
-            if backward_config is None:
-                self._fitted[cls] = used
-            self.last_backward_config = used
-            return grads
-
+        if out is not None:
+            if needs_grad:
+                raise ValueError("out= cannot be used when q, k, v or decay_log require grad")
+            check_out(out, p)
+        call = LinearCall(config, backward_config)
+        if in_graph(q, k, v):  # the custom op a graph records (torch.compile, torch.export)
+            result = torch.ops.attngen.linear_attention(self.key, q, k, v, decay_log, ops.encode_config(config),
+                                                        ops.encode_config(backward_config))[0]
+            return result if out is None else out.copy_(result)
         if needs_grad:
-            return LinearAttentionFunction.apply(run_forward, run_backward, q, k, v, decay_log)
-        run_forward()
-        return out
+            return LinearAttentionFunction.apply(self, call, q, k, v, decay_log)
+        return self.forward_impl(call, q, k, v, decay_log, out=out)[0]
+
+    def call_settings(self, config: str, backward_config: str) -> LinearCall:
+        """The LinearCall the custom ops' arguments describe (their JSON texts)."""
+        return LinearCall(ops.decode_config(config, LinearConfig), ops.decode_config(backward_config, LinearConfig))
+
+    def forward_impl(self, call: LinearCall, q, k, v, decay_log, out: torch.Tensor | None = None):
+        """Launch the forward on validated inputs; returns (out, den or None)."""
+        B, HQ, Lq, D = q.shape
+        DV = v.shape[3]
+        module = self.module(q.device)
+        if out is None:
+            out = torch.empty((B, HQ, Lq, DV), dtype=q.dtype, device=q.device)
+        den = torch.empty((B, HQ, Lq), dtype=torch.float32, device=q.device) if self.normalize else None
+        self.poison(out, den)
+        cls = (q.device, q.dtype, D, DV, "forward")
+        start = call.config or self._fitted.get(cls) or self.config_for(q.device, q.dtype, D, DV)
+        with device_guard(q.device):
+            _, used = _launch(lambda c: module.launch_forward(q, k, v, out, den, decay_log, c), start,
+                              call.config is not None, f"variant '{self.ir.name}' forward")
+        if call.config is None:
+            self._fitted[cls] = used
+        self.last_config = used
+        return out, den
+
+    def backward_impl(self, call: LinearCall, q, k, v, out, den, dout, decay_log, needs: tuple[bool, ...]):
+        """(dq, dk, dv, d decay_log) for the four ``needs`` flags (None where not needed)."""
+        D, DV = q.shape[3], v.shape[3]
+        module = self.module(q.device)
+        cls = (q.device, q.dtype, D, DV, "backward", needs[3])
+        start = (call.backward_config or self._fitted.get(cls)
+                 or self.config_for(q.device, q.dtype, D, DV, decay_grad=needs[3]))
+        with device_guard(q.device):
+            grads, used = _launch(lambda c: module.launch_backward(q, k, v, out, den, dout, decay_log, c, needs),
+                                  start, call.backward_config is not None, f"variant '{self.ir.name}' backward")
+        if call.backward_config is None:
+            self._fitted[cls] = used
+        self.last_backward_config = used
+        dq, dk, dv, dgamma = (g if need else None for g, need in zip(grads, needs))  # dq may serve dgamma only
+        if dgamma is not None:
+            dgamma = dgamma.to(decay_log.dtype)
+        return dq, dk, dv, dgamma

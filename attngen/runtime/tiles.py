@@ -24,7 +24,9 @@ host sync as the runs.
 
 A classification is reused while the shape, tile sizes and every tensor it reads are the
 same objects at the same version: ``tensor._version`` changes on each in-place write, so
-``doc_ids.fill_(0)`` invalidates it.
+``doc_ids.fill_(0)`` invalidates it. A call captured into a CUDA graph classifies afresh
+inside the graph (and without the host sync), so every replay classifies the tensors'
+current values.
 """
 from __future__ import annotations
 
@@ -225,7 +227,10 @@ class TileCache:
         hm = HQ if "h" in depends else 1
         key = (device, bm, hm, Lq, Lkv, config.block_m, config.block_n, axes,
                tuple((n, _tensor_key(t)) for n, t in sorted(tensors.items())))
-        hit = self._entries.get(key)
+        # While a CUDA graph is captured, the classification must be part of the graph: a
+        # replay reads new values from the same tensors, which a cached list would not see.
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        hit = None if capturing else self._entries.get(key)
         if hit is not None and all(ref() is tensors[n] for n, ref in hit[0]):
             self._entries.move_to_end(key)
             return hit[1]
@@ -235,6 +240,8 @@ class TileCache:
         module.launch_classify_tiles(tiles, tensors, Lq, Lkv, config)
         tiles.find_runs()
         self.builds += 1
+        if capturing:
+            return tiles
         refs = [(n, weakref.ref(t)) for n, t in sorted(tensors.items())]
         self._entries[key] = (refs, tiles)
         while len(self._entries) > self.capacity:

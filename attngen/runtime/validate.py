@@ -109,8 +109,8 @@ def check_runtime_tensors(params: tuple[TensorParam, ...], given: Mapping[str, o
                              f"got shape {tuple(value.shape)}")
         if value.device != p.device:
             raise ValueError(f"{what} is on {value.device} but q is on {p.device}")
-        if value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"{what} has dtype {value.dtype}; use a real floating or integer dtype")
+        if value.dtype.is_complex:
+            raise TypeError(f"{what} has dtype {value.dtype}; use a real floating, integer or bool dtype")
         out[t.name] = value
     if "sinks" in out:  # ag.softmax(sink=True)'s per-head logits
         sinks = out["sinks"]
