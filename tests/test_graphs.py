@@ -262,3 +262,24 @@ def test_cuda_graphs_training_step(variant):
         ref.backward()
         torch.testing.assert_close(loss.detach(), ref.detach(), rtol=2e-2, atol=1e-1)
         torch.testing.assert_close(q.grad.float(), q2.grad.float(), rtol=5e-2, atol=5e-2)
+
+
+# --------------------------------------------------------------------------- attngen.nn
+def test_modules_trace_without_graph_breaks():
+    """attngen.nn's modules under torch.compile(fullgraph=True): one graph each, and the
+    parameters' gradients (learned sinks included) equal eager ones."""
+    import attngen.nn as agnn
+
+    torch.manual_seed(0)
+    modules = [
+        (agnn.Attention(64, 4, num_kv_heads=2, variant=SINKS), torch.randn(2, 40, 64, device=DEVICE)),
+        (agnn.NeighborhoodAttention2D(64, 4, kernel_size=3, dilation=2), torch.randn(1, 6, 8, 64, device=DEVICE)),
+    ]
+    for module, x in modules:
+        module = module.to(DEVICE)
+        assert torch._dynamo.explain(module)(x).graph_break_count == 0
+        expected = torch.autograd.grad(module(x).square().sum(), list(module.parameters()))
+        got = torch.autograd.grad(torch.compile(module, fullgraph=True, backend="aot_eager")(x).square().sum(),
+                                  list(module.parameters()))
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, **FP32_CLOSE)
