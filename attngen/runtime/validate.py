@@ -14,6 +14,11 @@ from ..ir.nodes import TensorParam
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+# The kernels add each (batch, head) slice's base offset in 64-bit integers (so tensors of
+# any size work), but index inside a slice, and inside runtime tensors, with 32-bit
+# products: position * stride costs one 32-bit multiply per element that way. A layout
+# whose offsets inside a slice reach 2**31 would wrap around; it is refused here instead.
+MAX_OFFSET = 2 ** 31 - 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,20 @@ def _tensor(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     return x
+
+
+def _span(t: torch.Tensor, dims: range) -> int:
+    """The largest element offset reached through ``dims`` (from the tensor's base)."""
+    return sum((t.shape[d] - 1) * abs(t.stride(d)) for d in dims if t.shape[d] > 0)
+
+
+def check_slice_offsets(t: torch.Tensor, name: str) -> None:
+    """A (B, H, L, D) tensor whose (L, D) slice the kernels can index with 32-bit offsets."""
+    span = _span(t, range(2, 4))
+    if span > MAX_OFFSET:
+        raise ValueError(f"{name}: offsets inside one (batch, head) slice reach {span} (shape {tuple(t.shape)}, "
+                         f"strides {t.stride()}), past 2**31 - 1; the kernels index a slice with 32-bit "
+                         f"offsets: pass {name}.contiguous() (the sequence stride becomes D)")
 
 
 def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> Problem:
@@ -71,6 +90,9 @@ def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> P
     for name, val in (("q/k head dim D", D), ("v head dim Dv", DV)):
         if not MIN_HEAD_DIM <= val <= MAX_HEAD_DIM:
             raise ValueError(f"{name} is {val}; supported: {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+    if not allow_float64:  # the reference materializes in torch: no 32-bit offsets there
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            check_slice_offsets(t, name)
     return Problem(B, HQ, HKV, Lq, Lkv, D, DV, q.dtype, q.device)
 
 
@@ -111,6 +133,10 @@ def check_runtime_tensors(params: tuple[TensorParam, ...], given: Mapping[str, o
             raise ValueError(f"{what} is on {value.device} but q is on {p.device}")
         if value.dtype.is_complex:
             raise TypeError(f"{what} has dtype {value.dtype}; use a real floating, integer or bool dtype")
+        span = _span(value, range(value.dim()))
+        if span > MAX_OFFSET:
+            raise ValueError(f"{what}: its offsets reach {span} (shape {tuple(value.shape)}, strides "
+                             f"{value.stride()}), past 2**31 - 1; kernels read runtime tensors with 32-bit offsets")
         out[t.name] = value
     if "sinks" in out:  # ag.softmax(sink=True)'s per-head logits
         sinks = out["sinks"]
@@ -149,4 +175,5 @@ def check_out(out: object, p: Problem) -> torch.Tensor:
         raise ValueError(f"out must have shape (B, Hq, Lq, Dv) = {(p.B, p.HQ, p.Lq, p.DV)}, got {tuple(out.shape)}")
     if out.dtype != p.dtype or out.device != p.device:
         raise TypeError(f"out must be {p.dtype} on {p.device}, got {out.dtype} on {out.device}")
+    check_slice_offsets(out, "out")
     return out
