@@ -46,6 +46,11 @@ def compile(variant: Variant, *, after_each_pass: Callable[[str, KernelIR], None
     """
     if not isinstance(variant, Variant):
         raise TypeError(f"compile: expected an ag.Variant, got {type(variant).__name__}")
+    if after_each_pass is not None and not callable(after_each_pass):
+        raise TypeError(f"compile: after_each_pass must be a function (name, ir) or None, got "
+                        f"{type(after_each_pass).__name__}")
+    if not isinstance(rebuild, bool):
+        raise TypeError(f"compile: rebuild must be a bool, got {rebuild!r}")
     ir, ir_text = _lowered(variant, after_each_pass, rebuild)
     key = kernel_key(ir_text)
     entry = get_or_build(key, lambda: (render(ir), ir_text), force=rebuild)

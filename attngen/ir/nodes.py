@@ -19,6 +19,8 @@ from .expr import check_tensor_name, tensor_arities
 
 RUNTIME = "runtime"
 CAPTURED = "captured"
+# Geometry sizes are positions and distances; kernels hold positions in 32-bit integers.
+MAX_GEOMETRY = 2 ** 31 - 1
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,8 @@ class SlidingWindow(Mask):
     def __post_init__(self) -> None:
         for arg in ("left", "right"):
             val = getattr(self, arg)
-            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-                raise ValueError(f"sliding_window: {arg} must be a non-negative int, got {val!r}")
+            if isinstance(val, bool) or not isinstance(val, int) or not 0 <= val <= MAX_GEOMETRY:
+                raise ValueError(f"sliding_window: {arg} must be an int in [0, 2**31), got {val!r}")
 
     def tensors(self) -> tuple[TensorParam, ...]:
         return ()
@@ -224,8 +226,8 @@ class Neighborhood(Mask):
             raise ValueError(f"neighborhood: per-axis tuples disagree on the rank ({sorted(ranks)} axes)")
         for name in ("kernel_size", "dilation", "stride"):
             for axis, val in enumerate(self.per_axis(name, self.rank or 1)):
-                if val < 1:
-                    raise ValueError(f"neighborhood: {name} must be >= 1 on every axis, got {val} on axis {axis}")
+                if not 1 <= val <= MAX_GEOMETRY:
+                    raise ValueError(f"neighborhood: {name} must be in [1, 2**31) on every axis, got {val} on axis {axis}")
         for axis, (k, s) in enumerate(zip(self.per_axis("kernel_size", self.rank or 1),
                                           self.per_axis("stride", self.rank or 1))):
             if s > k:
@@ -339,6 +341,9 @@ class Linear:
     def __post_init__(self) -> None:
         if self.feature_map not in ("identity", "elu1", "relu"):
             raise ValueError(f"linear: feature_map must be identity, elu1 or relu, got {self.feature_map!r}")
+        for flag in ("decay", "normalize"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"linear: {flag} must be a bool, got {getattr(self, flag)!r}")
 
 
 Norm = Softmax | Sigmoid | Linear

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -564,6 +565,8 @@ def loads(text: str, source: str = "<text>") -> Variant:
 def load(path: str | Path) -> Variant:
     """Read and parse an attngen IR file (UTF-8). A file that cannot be read raises
     FileNotFoundError; one that is not UTF-8 text raises IRSyntaxError at the first bad byte."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load: path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     try:
         data = path.read_bytes()

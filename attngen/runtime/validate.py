@@ -34,6 +34,7 @@ class Problem:
     DV: int
     dtype: torch.dtype
     device: torch.device
+    inputs: tuple[int, ...] = ()  # data pointers of q, k, v: an ``out=`` must not be one of them
 
 
 def _tensor(x: object, name: str) -> torch.Tensor:
@@ -93,7 +94,7 @@ def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> P
     if not allow_float64:  # the reference materializes in torch: no 32-bit offsets there
         for name, t in (("q", q), ("k", k), ("v", v)):
             check_slice_offsets(t, name)
-    return Problem(B, HQ, HKV, Lq, Lkv, D, DV, q.dtype, q.device)
+    return Problem(B, HQ, HKV, Lq, Lkv, D, DV, q.dtype, q.device, (q.data_ptr(), k.data_ptr(), v.data_ptr()))
 
 
 def check_scale(scale: object, D: int) -> float:
@@ -175,5 +176,7 @@ def check_out(out: object, p: Problem) -> torch.Tensor:
         raise ValueError(f"out must have shape (B, Hq, Lq, Dv) = {(p.B, p.HQ, p.Lq, p.DV)}, got {tuple(out.shape)}")
     if out.dtype != p.dtype or out.device != p.device:
         raise TypeError(f"out must be {p.dtype} on {p.device}, got {out.dtype} on {out.device}")
+    if out.data_ptr() in p.inputs:  # the kernel would overwrite rows it still has to read
+        raise ValueError("out must not share memory with q, k or v (it is written while they are read)")
     check_slice_offsets(out, "out")
     return out
