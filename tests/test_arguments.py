@@ -3,6 +3,9 @@ TypeError or ValueError naming the argument and what was expected, before anythi
 docs/arguments.md lists every argument with the test that backs it (here or elsewhere)."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import DEVICE, make_qkv
@@ -10,6 +13,20 @@ from helpers import DEVICE, make_qkv
 import attngen as ag
 
 BIG = 2 ** 31
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_table_is_backed_by_tests():
+    """Every test docs/arguments.md names exists, and every table row names one."""
+    page = (REPO / "docs" / "arguments.md").read_text()
+    named = re.findall(r"tests/(\w+)\.py::(\w+)", page)
+    assert len(named) > 60
+    for module, test in named:
+        source = (REPO / "tests" / f"{module}.py").read_text()
+        assert re.search(rf"^def {test}\(", source, re.M), f"docs/arguments.md names tests/{module}.py::{test}"
+    rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| function")
+            and not line.startswith("| argument") and not line.startswith("| command")]
+    assert all("tests/" in row for row in rows), [row for row in rows if "tests/" not in row]
 
 
 def _raises(exc, match, fn, *args, **kwargs):
@@ -117,3 +134,16 @@ def test_natten_entry_points_arguments():
     _raises(ValueError, "na2d: k's spatial shape", ag.na2d, x, torch.randn(1, 6, 5, 2, 16, device=DEVICE), x, 3)
     _raises(TypeError, "scale must be a Python number or None, got str", ag.na2d, x, x, x, 3, scale="a")
     _raises(TypeError, "is_causal must be a bool", ag.na2d, x, x, x, 3, is_causal="yes")
+
+
+def test_return_lse_without_a_log_sum_exp():
+    q, k, v = make_qkv(1, 2, 2, 16, 16, 16, 16, torch.float32)
+    sigmoid = ag.compile(ag.Variant(norm=ag.sigmoid()))
+    _raises(ValueError, "return_lse: variant .* uses sigmoid normalization, which has no log-sum-exp",
+            sigmoid, q, k, v, return_lse=True)
+
+
+def test_unsupported_device(causal):
+    q = torch.randn(1, 2, 16, 16, device="meta")
+    _raises(ValueError, "q is on meta; attngen runs on CUDA, or on the CPU under the Triton interpreter",
+            causal, q, q, q)
