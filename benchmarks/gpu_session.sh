@@ -12,6 +12,8 @@
 #   bash benchmarks/gpu_session.sh compile [ARGS]       bench_compile.py (first call and disk-cache reload)
 #   bash benchmarks/gpu_session.sh autotune [ARGS]      attngen tune causal at the comparison's shape
 #   bash benchmarks/gpu_session.sh head_dims [ARGS]     diagnose_head_dims.py (padded head dims, one process each)
+#   bash benchmarks/gpu_session.sh training [ARGS]      the graph, Flex drop-in and module tests on CUDA, then
+#                                                       bench_training.py (the example models under torch.compile)
 # Each run also writes FAMILY.log: the environment (date, GPU, driver, versions, commit), then
 # the run's output.
 set -uo pipefail
@@ -77,9 +79,15 @@ case "$stage" in
   head_dims)
     python3 benchmarks/diagnose_head_dims.py "$@" 2>&1 | tee -a "$log"
     ;;
+  training)
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+    ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests/test_graphs.py \
+      tests/test_flex.py tests/test_flex_vocabulary.py tests/test_nn.py 2>&1 | tee -a "$log"
+    python3 benchmarks/bench_training.py --out "$out" "$@" 2>&1 | tee -a "$log"
+    ;;
   *)
     echo "unknown stage '$stage' (tests, compare, forward, backward, neighborhood, linear, normalizations," \
-         "compile, autotune or head_dims)" >&2
+         "compile, autotune, head_dims or training)" >&2
     exit 2
     ;;
 esac

@@ -22,9 +22,15 @@ def in_graph(*tensors: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
 
 
+_NO_SWITCH = contextlib.nullcontext()
+
+
 def device_guard(device: torch.device):
-    """Launch on ``device`` (Triton launches on the current CUDA device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    """Launch on ``device`` (Triton launches on the current CUDA device). Switching costs two
+    driver calls, so a call on the current device (the usual case) skips it."""
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return _NO_SWITCH
+    return torch.cuda.device(device)
 
 
 class CompiledKernel:
