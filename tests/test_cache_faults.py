@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEVICE, ON_GPU, check, make_qkv, tolerance
+from helpers import ON_GPU, check, tolerance
 
 import attngen as ag
 from attngen import cli

@@ -11,6 +11,7 @@ import math
 
 import neighborhood_oracle as oracle
 import pytest
+import variant_strategies as vs
 import torch
 from helpers import (
     DEVICE,
@@ -86,31 +87,9 @@ GEOMETRIES = [
 GEO_IDS = [g.name for g in GEOMETRIES]
 
 
-@st.composite
-def geometries(draw, max_tokens: int = 150, ranks=(1, 2, 3)):
-    """A random valid geometry: per-axis tuples, or one all-int geometry for every axis."""
-    rank = draw(st.sampled_from(ranks))
-    side = {1: 40, 2: 13, 3: 6}[rank]
-    shape = []
-    for a in range(rank):
-        budget = max_tokens // max(math.prod(shape), 1)
-        shape.append(draw(st.integers(1, max(1, min(side, budget // (2 ** (rank - a - 1)) or 1)))))
-    shape = tuple(shape)
-    if draw(st.booleans()):  # all-int geometry: must fit the smallest axis
-        n = min(shape)
-        k = draw(st.integers(1, n))
-        d = draw(st.integers(1, n // k))
-        s = draw(st.integers(1, k))
-        c = draw(st.booleans())
-        return Geo(shape, k, dilation=d, stride=s, is_causal=c)
-    ks, ds, ss, cs = [], [], [], []
-    for n in shape:
-        k = draw(st.integers(1, n))
-        ks.append(k)
-        ds.append(draw(st.integers(1, n // k)))
-        ss.append(draw(st.integers(1, k)))
-        cs.append(draw(st.booleans()))
-    return Geo(shape, tuple(ks), dilation=tuple(ds), stride=tuple(ss), is_causal=tuple(cs))
+def geometries(max_tokens: int = 150, ranks=(1, 2, 3)):
+    """A random valid geometry (variant_strategies.neighborhoods) as a Geo."""
+    return vs.neighborhoods(max_tokens, ranks).map(lambda g: Geo(g[0], **g[1]))
 
 
 def reference_mask(geo: Geo) -> torch.Tensor:

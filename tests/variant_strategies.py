@@ -301,3 +301,46 @@ def bounded_float_exprs(max_leaves: int = 6):
         st.tuples(st.just("bin"), st.just("*"), const.map(lambda c: ("const", c)), sub),
         st.tuples(st.just("where"), cond, sub, sub),
     ), max_leaves=max_leaves)
+
+
+# ----------------------------------------------------------------------------- neighborhoods
+@st.composite
+def neighborhoods(draw, max_tokens: int = 150, ranks=(1, 2, 3)):
+    """``(spatial_shape, kwargs of ag.neighborhood)``: a random grid of at most ``max_tokens``
+    and a geometry valid on it (1 <= stride <= kernel, kernel * dilation <= side on every
+    axis); per-axis tuples, or one all-int geometry for every axis."""
+    rank = draw(st.sampled_from(ranks))
+    side = {1: 40, 2: 13, 3: 6}[rank]
+    shape = []
+    for a in range(rank):
+        budget = max_tokens // max(math.prod(shape), 1)
+        shape.append(draw(st.integers(1, max(1, min(side, budget // (2 ** (rank - a - 1)) or 1)))))
+    shape = tuple(shape)
+    if draw(st.booleans()):  # all-int geometry: must fit the smallest axis
+        n = min(shape)
+        k = draw(st.integers(1, n))
+        return shape, dict(kernel_size=k, dilation=draw(st.integers(1, n // k)), stride=draw(st.integers(1, k)),
+                           is_causal=draw(st.booleans()))
+    ks, ds, ss, cs = [], [], [], []
+    for n in shape:
+        k = draw(st.integers(1, n))
+        ks.append(k)
+        ds.append(draw(st.integers(1, n // k)))
+        ss.append(draw(st.integers(1, k)))
+        cs.append(draw(st.booleans()))
+    return shape, dict(kernel_size=tuple(ks), dilation=tuple(ds), stride=tuple(ss), is_causal=tuple(cs))
+
+
+# ----------------------------------------------------------------------------- normalizations
+SOFTMAX_LIKE = {"softmax": ag.softmax(), "sinks": ag.softmax(sink=True), "sigmoid": ag.sigmoid(),
+                "sigmoid_bias": ag.sigmoid(bias=-1.25)}
+
+
+def normalizations():
+    """Every non-linear normalization (linear attention has its own test: no score_mod,
+    no mask but causal)."""
+    return st.sampled_from(sorted(SOFTMAX_LIKE)).map(SOFTMAX_LIKE.get)
+
+
+def linear_normalizations():
+    return st.builds(ag.linear, st.sampled_from(["identity", "elu1", "relu"]), st.booleans(), st.booleans())
