@@ -1,0 +1,85 @@
+"""A varlen call's entry: validate the arguments, then launch eagerly (``VarlenFunction``,
+runtime/varlen.py) or, under graphs, through the custom op (runtime/varlen_ops.py)."""
+from __future__ import annotations
+
+import torch
+
+from . import varlen_ops  # noqa: F401 - defines attngen::varlen_attention
+from .attention import AttentionCall
+from .compiled import in_graph
+from .config import KernelConfig
+from .ops import encode_config
+from .validate import Problem, check_qkv, check_runtime_tensors, check_scale
+from .varlen import VarlenCall, VarlenFunction, VarlenKernel, packed_view, varlen_forward
+from .varlen_checks import check_cu_seqlens, check_document_ids, check_max_seqlen, check_packed
+
+
+def _user_tensors(kernel: VarlenKernel, tensors: dict[str, object], captured: dict[str, torch.Tensor],
+                  p: Problem, batch: int, max_q: int, max_k: int) -> list[torch.Tensor]:
+    """The call's tensors (keyword and captured) in ``kernel.user_names``' order, checked."""
+    declared = {prm.name for prm in kernel.rewrite.variant.runtime_tensors()}
+    packed_of = kernel.renamed
+    user_of = {v: k for k, v in packed_of.items()}
+    wanted = sorted(user_of.get(n, n) for n in declared if n in kernel.user_names)
+    missing = sorted(set(wanted) - set(tensors))
+    if missing:
+        raise TypeError(f"variant '{kernel.variant.label}' needs runtime tensor(s) {', '.join(missing)} "
+                        f"(pass them by keyword, e.g. {missing[0]}=...)")
+    unexpected = sorted(set(tensors) - set(wanted))
+    if unexpected:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unexpected)}; this variant takes runtime "
+                        f"tensors: {', '.join(wanted) or 'none'}")
+    if "document_ids" in tensors:
+        check_document_ids(tensors["document_ids"], batch, max_q, max_k)
+    given = {packed_of.get(n, n): t for n, t in tensors.items()}
+    params = tuple(prm for prm in kernel._params if prm.name in kernel.user_names)  # the offsets: check_cu_seqlens
+    bound = check_runtime_tensors(params, given, captured, p, kernel.variant.label)
+    return [bound[n] for n in kernel.user_names]
+
+
+def run(kernel: VarlenKernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+        cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, scale: float | None = None,
+        return_lse: bool = False, check: bool = True, config: KernelConfig | None = None,
+        deterministic: bool | None = None, **tensors: torch.Tensor):
+    """A varlen call (``ag.varlen_attention``'s arguments after the kernel)."""
+    check_packed(q, k, v)
+    batch = check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q.device)
+    max_q = check_max_seqlen(max_seqlen_q, "max_seqlen_q")
+    max_k = check_max_seqlen(max_seqlen_k, "max_seqlen_k")
+    for name, flag in (("return_lse", return_lse), ("check", check)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if return_lse and kernel.ir.algorithm != "online_softmax":
+        raise ValueError(f"return_lse: variant '{kernel.variant.label}' uses {kernel.ir.algorithm} normalization, "
+                         "which has no log-sum-exp")
+    if config is not None and not isinstance(config, KernelConfig):
+        raise TypeError(f"config must be an attngen KernelConfig, got {type(config).__name__}")
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    elif not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
+    # shapes, dtypes, heads and head dims through the packed views (one token stands in for an
+    # empty side: check_qkv refuses empty tensors, a varlen batch may have no tokens)
+    views = [packed_view(x if x.shape[0] else x.new_zeros((1, *x.shape[1:]))) for x in (q, k, v)]
+    p = check_qkv(*views)
+    check_scale(scale, p.D)
+    user = _user_tensors(kernel, tensors, kernel.captured_tensors(), p, batch, max_q, max_k)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *user))
+    if needs_grad and not kernel._has_backward:
+        raise NotImplementedError(f"variant '{kernel.variant.label}': no backward kernel could be generated for its "
+                                  "score_mod's derivative; run under torch.no_grad() or detach the inputs")
+    attention = AttentionCall(scale, None, config, needs_grad or return_lse, return_lse, deterministic)
+    call = VarlenCall(attention, check, max_q, max_k)
+    if in_graph(q, k, v):
+
+        out, lse = torch.ops.attngen.varlen_attention(
+            kernel.key, q, k, v, cu_seqlens_q, cu_seqlens_k, user, scale, encode_config(config),
+            attention.store_lse, return_lse, deterministic, check, max_q, max_k)
+    elif needs_grad:
+        out, lse = VarlenFunction.apply(kernel, call, q, k, v, cu_seqlens_q, cu_seqlens_k, *user)
+    else:
+        out, lse = varlen_forward(kernel, call, q, k, v, cu_seqlens_q, cu_seqlens_k, user)
+    return (out, lse) if return_lse else out
+
+
+__all__ = ["run"]
