@@ -73,11 +73,14 @@ from .flex import flex_attention  # noqa: E402
 from .reference import reference  # noqa: E402
 from .runtime.attention import CompiledAttention  # noqa: E402
 from .runtime.config import KernelConfig  # noqa: E402
+from .runtime.decode_config import DecodeConfig  # noqa: E402
+from .runtime.paged import paged_append  # noqa: E402
 from .runtime.linear import CompiledLinearAttention, LinearConfig  # noqa: E402
 
 __all__ = [
     "AndMask", "Causal", "CompiledAttention", "Document", "IRSyntaxError", "KernelConfig", "Linear", "Mask",
     "CompiledLinearAttention", "LinearConfig",
+    "DecodeConfig", "paged_append",
     "MaskMod", "Neighborhood", "NotMask", "OrMask", "ScoreMod", "Sigmoid", "SlidingWindow", "Softmax", "TensorParam", "TraceError",
     "UnsupportedVariant", "Variant", "__version__", "causal", "compile", "document", "flex_attention", "linear", "load",
     "load_compiled", "loads", "mask_mod", "na1d", "na2d", "na3d", "neighborhood", "reference", "score_mod", "sigmoid", "sliding_window", "softmax",

@@ -19,6 +19,7 @@ from ..ir.nodes import Linear, Sigmoid, Softmax
 from ..passes.normalization import CHUNKED_LINEAR, ONLINE_SOFTMAX
 from .environment import template_environment
 from .printer import HostPrinter, TritonPrinter
+from .render_decode import decode_context
 from .render_linear import render as render_linear
 
 TEMPLATE = "attention_fwd.py.j2"
@@ -190,6 +191,7 @@ def build_context(ir: KernelIR, ir_text: str) -> dict:
         ctx["bwd"] = backward_context(ir, printer, tensors)
     except NotImplementedError:
         pass  # a derivative the printer cannot emit: forward only (calls that need grads say so)
+    ctx["decode"] = decode_context(ir, printer)  # templates/decode.py.j2; None: the variant cannot decode
     ctx["helpers"] = sorted(printer.helpers)
     ctx["na_keep"] = "na_keep" in printer.helpers  # a neighborhood under '|' or '~'
     # Closed-form tile ranges (dense, bands, neighborhood boxes without other masks) also get

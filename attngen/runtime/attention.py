@@ -14,6 +14,8 @@ from . import ops
 from .autograd import AttentionFunction, BackwardSetup, run_backward
 from .compiled import CompiledKernel, device_guard, in_graph
 from .config import KernelConfig, choose_config
+from .decode import decode as _decode
+from .decode_config import DecodeConfig
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
 from .validate import Problem, check_out, check_qkv, check_runtime_tensors, check_scale, resolve_spatial
@@ -124,6 +126,19 @@ class CompiledAttention(CompiledKernel):
     def captured_tensors(self) -> dict[str, torch.Tensor]:
         """The captured tensors a call reads (bound to live objects: in-place updates are seen)."""
         return dict(self._captured)
+
+    def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               seq_lens: torch.Tensor | None = None, block_table: torch.Tensor | None = None, *,
+               scale: float | None = None, return_lse: bool = False, num_splits: int | None = None,
+               config: DecodeConfig | None = None, check: bool = True, **tensors: torch.Tensor):
+        """Attention of q's Lq new tokens (B, Hq, Lq, D), the last ones of each sequence,
+        against its KV cache: contiguous (B, Hkv, Lmax, D), or pages (num_pages, page_size,
+        Hkv, D) with ``block_table`` (B, max_pages) int32. ``seq_lens`` (B,) int32: tokens
+        per sequence, new ones included (None: Lmax). Masks and scores see bottom-right
+        positions (q_idx = seq_len - Lq + i). Split-KV kernels; no autograd. The
+        implementation and every argument: runtime/decode.py, docs/serving.md."""
+        return _decode(self, q, k_cache, v_cache, seq_lens, block_table, scale=scale, return_lse=return_lse,
+                       num_splits=num_splits, config=config, check=check, **tensors)
 
     def call_with_captures(self, captured: dict[str, torch.Tensor], q: torch.Tensor, k: torch.Tensor,
                            v: torch.Tensor, **kwargs):

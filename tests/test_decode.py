@@ -1,0 +1,156 @@
+"""Decoding against a contiguous KV cache (attn.decode): every softmax-family variant and
+sigmoid, checked as the last rows of each sequence's full self-attention (ag.reference),
+with per-sequence lengths, GQA, split counts, empty sequences, prefill-sized Lq, layouts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from decode_helpers import Case, assert_matches, check_decode, expected, make_case
+from helpers import DEVICE, rel_l2, tolerance
+
+import attngen as ag
+
+
+@ag.score_mod
+def alibi(score, b, h, q_idx, kv_idx, slopes):
+    return score - slopes[h] * abs(q_idx - kv_idx)
+
+
+@ag.score_mod
+def softcap(score, b, h, q_idx, kv_idx):
+    return 20 * torch.tanh(score / 20)
+
+
+@ag.mask_mod
+def same_doc(b, h, q_idx, kv_idx, doc):
+    return doc[b, q_idx] == doc[b, kv_idx]
+
+
+@ag.mask_mod
+def prefix_lm(b, h, q_idx, kv_idx, prefix):
+    return (kv_idx <= q_idx) | (kv_idx < prefix[b])
+
+
+def _slopes(h):
+    return torch.rand(h, device=DEVICE) * 0.5
+
+
+VARIANTS = {
+    "dense": (ag.Variant(name="dec_dense"), lambda B, H, L: {}),
+    "causal": (ag.Variant(mask=ag.causal(), name="dec_causal"), lambda B, H, L: {}),
+    "causal_br": (ag.Variant(mask=ag.causal(bottom_right=True), name="dec_causal_br"), lambda B, H, L: {}),
+    "window": (ag.Variant(mask=ag.sliding_window(23), name="dec_window"), lambda B, H, L: {}),
+    "alibi_causal": (ag.Variant(score=alibi, mask=ag.causal(), name="dec_alibi"),
+                     lambda B, H, L: {"slopes": _slopes(H)}),
+    "softcap": (ag.Variant(score=softcap, name="dec_softcap"), lambda B, H, L: {}),
+    "sinks_window": (ag.Variant(mask=ag.sliding_window(31), norm=ag.softmax(sink=True), name="dec_sinks"),
+                     lambda B, H, L: {"sinks": torch.randn(H, device=DEVICE)}),
+    "documents": (ag.Variant(mask=same_doc & ag.causal(), name="dec_docs"),
+                  lambda B, H, L: {"doc": torch.arange(L, device=DEVICE).div(29, rounding_mode="floor")
+                                   .expand(B, L).contiguous()}),
+    "prefix_lm": (ag.Variant(mask=prefix_lm, name="dec_prefix"),
+                  lambda B, H, L: {"prefix": torch.randint(0, L, (B,), device=DEVICE)}),
+    "sigmoid_causal": (ag.Variant(mask=ag.causal(), norm=ag.sigmoid(), name="dec_sigmoid"), lambda B, H, L: {}),
+    "sigmoid_bias": (ag.Variant(score=alibi, norm=ag.sigmoid(bias=-2.0), name="dec_sigmoid_bias"),
+                     lambda B, H, L: {"slopes": _slopes(H)}),
+}
+
+
+# One new token for the variants that read no query position, five (a window of positions
+# per program, some rows of a band's edge tile masked) for those that do.
+LQ = {"dense": 1, "softcap": 1, "sigmoid_bias": 1, "causal_br": 1}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variants(name):
+    """Every family decodes as the last Lq rows of the full attention, with GQA (Hq=4 on
+    Hkv=2), two sequences of different lengths and a split count above one."""
+    Lq = LQ.get(name, 5)
+    variant, tensors = VARIANTS[name]
+    case = make_case(B=2, Hq=4, Hkv=2, L=96, lens=[96, 41], Lq=Lq)
+    check_decode(variant, case, num_splits=3, **tensors(2, 4, 96))
+
+
+@pytest.mark.parametrize("splits", [1, 5, 16])
+def test_split_counts_agree(splits):
+    """Every split count gives the reference's result, including splits with no tile (the
+    16-way split of a 2-tile range) and ranges not divisible by the split count."""
+    case = make_case(B=2, Hq=8, Hkv=2, L=130, lens=[130, 7], Lq=2)
+    check_decode(VARIANTS["causal"][0], case, num_splits=splits)
+
+
+def test_default_split_count_and_mqa():
+    """The split count chosen from the shapes, MQA (8 query heads on one KV head)."""
+    case = make_case(B=1, Hq=8, Hkv=1, L=200, Lq=1)
+    check_decode(VARIANTS["alibi_causal"][0], case, slopes=_slopes(8))
+
+
+@pytest.mark.parametrize("name", ["causal", "sinks_window", "sigmoid_causal"])
+def test_empty_sequences(name):
+    """A sequence of length 0 gets output 0 and lse -inf (with sinks: lse = the sink's
+    logit), beside sequences that have keys."""
+    variant, tensors = VARIANTS[name]
+    case = make_case(B=3, Hq=4, Hkv=2, L=64, lens=[0, 64, 0], Lq=1)
+    out = check_decode(variant, case, num_splits=2, **tensors(3, 4, 64))
+    assert (out[0] == 0).all() and (out[2] == 0).all()
+
+
+def test_prefill_sized_lq():
+    """Lq beyond 64 (prefill of a chunk against earlier tokens) runs the same kernel over
+    several row tiles: causal, GQA, two lengths."""
+    case = make_case(B=2, Hq=2, Hkv=2, L=100, lens=[100, 80], Lq=70)
+    check_decode(VARIANTS["causal"][0], case, num_splits=2)
+
+
+def test_head_dims_and_float16():
+    """D not a power of two, Dv != D, float16 inputs."""
+    case = make_case(B=2, Hq=4, Hkv=4, L=70, D=40, Dv=24, lens=[70, 33], Lq=3, dtype=torch.float16)
+    check_decode(VARIANTS["window"][0], case, num_splits=2)
+
+
+def test_strided_layouts():
+    """q as a view of (B, Lq, Hq, D) and the cache as a view of (B, Lmax, Hkv, D), the layout
+    models keep: no copies, the strides go to the kernel."""
+    case = make_case(B=2, Hq=4, Hkv=2, L=80, lens=[80, 50], Lq=2)
+    attn = ag.compile(VARIANTS["causal"][0])
+    q = case.q.transpose(1, 2).contiguous().transpose(1, 2)
+    k = case.k.transpose(1, 2).contiguous().transpose(1, 2)
+    v = case.v.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not k.is_contiguous()
+    out, lse = attn.decode(q, k, v, case.seq_lens, return_lse=True, num_splits=2)
+    assert_matches(out, lse, *expected(attn.variant, case), torch.float32)
+
+
+def test_full_cache_without_seq_lens():
+    """seq_lens=None: every sequence fills the cache."""
+    case = make_case(B=2, Hq=4, Hkv=2, L=48, Lq=4)
+    attn = ag.compile(VARIANTS["causal"][0])
+    out, lse = attn.decode(case.q, case.k, case.v, return_lse=True)
+    assert_matches(out, lse, *expected(attn.variant, case), torch.float32)
+
+
+def test_position_free_variant_with_more_queries_than_keys():
+    """A variant that reads no query position (dense softmax) takes Lq > seq_len: every
+    query attends the sequence's keys, as plain attention against them computes."""
+    case = make_case(B=2, Hq=4, Hkv=2, L=32, lens=[3, 32], Lq=6)
+    q = torch.randn(2, 4, 6, 32, device=DEVICE)
+    variant = VARIANTS["dense"][0]
+    out = ag.compile(variant).decode(q, case.k, case.v, case.seq_lens)
+    for b, n in enumerate(case.lens):
+        ref = ag.reference(variant)(q[b:b + 1], case.k[b:b + 1, :, :n], case.v[b:b + 1, :, :n])
+        assert rel_l2(out[b:b + 1], ref) <= tolerance(torch.float32)
+
+
+def test_decode_continues_prefill():
+    """A generation loop: the full forward on a prompt, then decoding steps that append one
+    token each to a contiguous cache, agree with the full forward over the longer sequence."""
+    attn = ag.compile(VARIANTS["alibi_causal"][0])
+    slopes = _slopes(4)
+    B, L, steps = 2, 40, 3
+    case = make_case(B=B, Hq=4, Hkv=2, L=L + steps, Lq=1)
+    full = attn(case.q_full, case.k, case.v, slopes=slopes)
+    for t in range(steps):
+        n = L + t + 1
+        step = Case(case.q_full, case.k, case.v, [n] * B, 1)
+        out = attn.decode(step.q, case.k, case.v, step.seq_lens, slopes=slopes)
+        assert rel_l2(out, full[:, :, n - 1:n]) <= tolerance(torch.float32)
