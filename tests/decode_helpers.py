@@ -101,9 +101,10 @@ def assert_matches(out: torch.Tensor, lse: torch.Tensor | None, ref_out: torch.T
     assert err <= tol, f"out: relative L2 error {err:.3g} > {tol:g}"
 
 
-def check_decode(variant_or_attn, case: Case, *, paged: int | None = None, num_splits=None, **tensors):
-    """Decode ``case`` (contiguous cache, or pages of ``paged`` tokens) and compare with the
-    oracle; returns the output."""
+def check_decode(variant_or_attn, case: Case, *, paged: int | None = None, num_splits=None, config=None,
+                 **tensors):
+    """Decode ``case`` (contiguous cache, or pages of ``paged`` tokens; at ``num_splits`` or
+    launch ``config`` when given) and compare with the oracle; returns the output."""
     attn = variant_or_attn if isinstance(variant_or_attn, ag.CompiledAttention) else ag.compile(variant_or_attn)
     softmax = not isinstance(attn.variant.norm, ag.Sigmoid)
     if paged is None:
@@ -111,7 +112,7 @@ def check_decode(variant_or_attn, case: Case, *, paged: int | None = None, num_s
     else:
         k_cache, v_cache, table = to_pages(case.k, case.v, case.lens, paged)
     result = attn.decode(case.q, k_cache, v_cache, case.seq_lens, table, return_lse=softmax,
-                         num_splits=num_splits, **tensors)
+                         num_splits=num_splits, config=config, **tensors)
     out, lse = result if softmax else (result, None)
     assert_matches(out, lse, *expected(attn.variant, case, **tensors), case.q.dtype)
     return out

@@ -118,8 +118,10 @@ def check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: obje
             _check_offsets(t, name, range(2, 4), "one (batch, head) slice")
     if seq_lens is not None:
         _index_tensor(seq_lens, "seq_lens", "(B,)", B, q.device, q_name)
+    if q_name == "k_new" and HQ != HKV:
+        raise ValueError(f"k_new has {HQ} heads but the cache has {HKV}")
     if HQ % HKV:
-        raise ValueError(f"{q_name}'s head count ({HQ}) must be a multiple of the cache's ({HKV}) for GQA/MQA")
+        raise ValueError(f"q's head count ({HQ}) must be a multiple of the cache's ({HKV}) for GQA/MQA")
     if k_cache.shape[3] != D:
         raise ValueError(f"k_cache's head dim ({k_cache.shape[3]}) must equal {q_name}'s ({D})")
     DV = v_cache.shape[3]
