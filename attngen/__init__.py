@@ -71,6 +71,7 @@ from .passes import UnsupportedVariant  # noqa: E402
 from .natten import na1d, na2d, na3d  # noqa: E402
 from .flex import flex_attention  # noqa: E402
 from .varlen import varlen_attention  # noqa: E402
+from .runtime.linear_state import LinearState  # noqa: E402
 from .reference import reference  # noqa: E402
 from .runtime.attention import CompiledAttention  # noqa: E402
 from .runtime.config import KernelConfig  # noqa: E402
@@ -85,5 +86,5 @@ __all__ = [
     "MaskMod", "Neighborhood", "NotMask", "OrMask", "ScoreMod", "Sigmoid", "SlidingWindow", "Softmax", "TensorParam", "TraceError",
     "UnsupportedVariant", "Variant", "__version__", "causal", "compile", "document", "flex_attention", "linear", "load",
     "load_compiled", "loads", "mask_mod", "na1d", "na2d", "na3d", "neighborhood", "reference", "score_mod", "sigmoid", "sliding_window", "softmax",
-    "varlen_attention",
+    "varlen_attention", "LinearState",
 ]

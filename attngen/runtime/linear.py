@@ -208,6 +208,20 @@ class CompiledLinearAttention(CompiledKernel):
             return LinearAttentionFunction.apply(self, call, q, k, v, decay_log)
         return self.forward_impl(call, q, k, v, decay_log, out=out)[0]
 
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, state=None,
+                config: LinearConfig | None = None, **tensors: torch.Tensor):
+        """Serving: (out, ag.LinearState after the prompt), continuing ``state`` if given
+        (causal variants, no autograd; runtime/linear_state.py, docs/varlen.md)."""
+        from .linear_state_call import prefill
+
+        return prefill(self, q, k, v, state=state, config=config, **tensors)
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state, **tensors: torch.Tensor):
+        """Serving: (out, state) for T new tokens; ``state`` advances in place (runtime/linear_state.py)."""
+        from .linear_state_call import step
+
+        return step(self, q, k, v, state, **tensors)
+
     def call_settings(self, config: str, backward_config: str) -> LinearCall:
         """The LinearCall the custom ops' arguments describe (their JSON texts)."""
         return LinearCall(ops.decode_config(config, LinearConfig), ops.decode_config(backward_config, LinearConfig))
