@@ -3,7 +3,8 @@
 Case (issue 26): Hq=32, Hkv=8, D=128, Lq=1, B = 1 / 8 / 64, Lkv = 4K / 32K / 128K, bf16,
 every sequence full (seq_lens = Lkv). Backends, on the same memory:
 
-- ``attngen``: ``attn.decode`` of the dense variant over the contiguous cache;
+- ``attngen``: ``attn.decode`` of the dense variant over the contiguous cache, with
+  ``check=False`` (a serving loop's setting: the check's host sync would be timed otherwise);
 - ``attngen causal``: ``ag.causal()``, which decoding aligns bottom-right (the same function
   at Lq=1: every key), to show what the mask costs;
 - ``attngen paged16`` / ``paged64``: the same tokens as pages of 16 / 64, the block table a

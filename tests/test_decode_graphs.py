@@ -8,17 +8,9 @@ import torch
 from decode_helpers import Case, assert_matches, expected, make_case, to_pages
 from helpers import DEVICE, FP32_CLOSE, ON_GPU
 from test_decode import VARIANTS, _slopes
+from test_graphs import BACKENDS, _fresh_dynamo  # noqa: F401 - the autouse fixture applies here too
 
 import attngen as ag
-
-BACKENDS = ["aot_eager", "inductor"] if ON_GPU else ["aot_eager"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def test_opcheck_decode():

@@ -28,15 +28,22 @@ from .ops import _define, decode_config as parse_config, encode_config, kernel_f
 from .validate import check_runtime_tensors, check_scale
 
 
-def reads_query_positions(ir: KernelIR) -> bool:
-    """Whether the mask or the score depends on q_idx (then the new tokens' positions must
-    exist: a sequence may not be shorter than the new tokens)."""
-    if ir.strategy != DENSE:
-        return True
-    expr = ir.score_log2
-    for sym, value in reversed(ir.temps):  # temporaries are in dependency order
-        expr = expr.xreplace({sym: value})
-    return Q_IDX in expr.free_symbols or any(Q_IDX in r.free_symbols for r in expr.atoms(sympy.Indexed))
+_READS_QUERY_POSITIONS: dict[str, bool] = {}  # by kernel key: a sympy walk is too slow for every step
+
+
+def reads_query_positions(attn) -> bool:
+    """Whether the variant's mask or score depends on q_idx (then the new tokens' positions
+    must exist: a sequence may not be shorter than the new tokens)."""
+    found = _READS_QUERY_POSITIONS.get(attn.key)
+    if found is None:
+        ir: KernelIR = attn.ir
+        expr = ir.score_log2
+        for sym, value in reversed(ir.temps):  # temporaries are in dependency order
+            expr = expr.xreplace({sym: value})
+        found = ir.strategy != DENSE or Q_IDX in expr.free_symbols or any(
+            Q_IDX in r.free_symbols for r in expr.atoms(sympy.Indexed))
+        _READS_QUERY_POSITIONS[attn.key] = found
+    return found
 
 
 @functools.lru_cache(maxsize=256)
@@ -53,7 +60,7 @@ def decode_impl(attn, q: Tensor, k_cache: Tensor, v_cache: Tensor, seq_lens: Opt
     p = cache_sizes(q, k_cache, v_cache, block_table)
     if check and device_reads_allowed(p.device):
         check_cache_contents(p, seq_lens, block_table, variant=attn.ir.name,
-                             min_nonempty=p.Lq if reads_query_positions(attn.ir) else 0)
+                             min_nonempty=p.Lq if reads_query_positions(attn) else 0)
     if config is None:
         config = _config(p.device, p.dtype, p.D, p.DV, p.HQ // p.HKV * p.Lq, p.B * p.HKV, p.capacity, num_splits)
     sm_scale = p.D ** -0.5 if scale is None else scale
@@ -94,7 +101,7 @@ def decode(attn, q: Tensor, k_cache: Tensor, v_cache: Tensor, seq_lens: Optional
         raise TypeError(f"config must be an attngen DecodeConfig, got {type(config).__name__}")
     if config is not None and num_splits is not None and config.num_splits != num_splits:
         raise ValueError(f"num_splits={num_splits} disagrees with config.num_splits={config.num_splits}; pass one")
-    if seq_lens is None and p.Lq > p.capacity and reads_query_positions(attn.ir):
+    if seq_lens is None and p.Lq > p.capacity and reads_query_positions(attn):
         raise ValueError(f"q has Lq={p.Lq} new tokens but k_cache holds {p.capacity} positions: variant "
                          f"'{attn.ir.name}' reads query positions, which would be negative")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache, *bound.values())):
