@@ -16,24 +16,20 @@ from .varlen_checks import check_cu_seqlens, check_document_ids, check_max_seqle
 
 def _user_tensors(kernel: VarlenKernel, tensors: dict[str, object], captured: dict[str, torch.Tensor],
                   p: Problem, batch: int, max_q: int, max_k: int) -> list[torch.Tensor]:
-    """The call's tensors (keyword and captured) in ``kernel.user_names``' order, checked."""
-    declared = {prm.name for prm in kernel.rewrite.variant.runtime_tensors()}
-    packed_of = kernel.renamed
-    user_of = {v: k for k, v in packed_of.items()}
-    wanted = sorted(user_of.get(n, n) for n in declared if n in kernel.user_names)
-    missing = sorted(set(wanted) - set(tensors))
-    if missing:
-        raise TypeError(f"variant '{kernel.variant.label}' needs runtime tensor(s) {', '.join(missing)} "
-                        f"(pass them by keyword, e.g. {missing[0]}=...)")
-    unexpected = sorted(set(tensors) - set(wanted))
-    if unexpected:
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(unexpected)}; this variant takes runtime "
-                        f"tensors: {', '.join(wanted) or 'none'}")
-    if "document_ids" in tensors:
-        check_document_ids(tensors["document_ids"], batch, max_q, max_k)
-    given = {packed_of.get(n, n): t for n, t in tensors.items()}
+    """The call's tensors (keyword and captured) in ``kernel.user_names``' order, checked by
+    check_runtime_tensors under the names the caller uses, except a renamed ``document_ids``
+    (passes/varlen.py), whose varlen shape (B, >= max_seqlen) check_document_ids checks."""
+    renamed = kernel.renamed  # user name -> packed name
     params = tuple(prm for prm in kernel._params if prm.name in kernel.user_names)  # the offsets: check_cu_seqlens
-    bound = check_runtime_tensors(params, given, captured, p, kernel.variant.label)
+    plain = tuple(prm for prm in params if prm.name not in renamed.values())
+    given = {n: t for n, t in tensors.items() if n not in renamed}
+    for user, packed in renamed.items():
+        if user not in tensors:
+            raise TypeError(f"variant '{kernel.variant.label}' needs runtime tensor(s) {user} "
+                            f"(pass them by keyword, e.g. {user}=...)")
+        check_document_ids(tensors[user], batch, max_q, max_k)
+    bound = check_runtime_tensors(plain, given, captured, p, kernel.variant.label)
+    bound.update({packed: tensors[user] for user, packed in renamed.items()})
     return [bound[n] for n in kernel.user_names]
 
 

@@ -218,9 +218,10 @@ class VarlenTileLists(TileLists):
         return (visited.to(torch.int8) + full.to(torch.int8))
 
     def visited(self) -> tuple[int, int]:
+        """(full tiles, partial tiles) summed over every row tile (one host read)."""
         r = self.runs[:, :1].long()
-        full = int((r[..., 2] - r[..., 1]).sum())
-        return full, int((r[..., 3] - r[..., 0]).sum()) - full
+        full, visited = torch.stack(((r[..., 2] - r[..., 1]).sum(), (r[..., 3] - r[..., 0]).sum())).tolist()
+        return full, visited - full
 
     def transposed(self) -> "VarlenTileLists":
         if self._transposed is None:
