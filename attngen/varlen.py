@@ -71,14 +71,15 @@ def varlen_attention(attn: CompiledAttention | Variant, q: torch.Tensor, k: torc
     as for ``attn(q, k, v)``; ``document_ids`` of ``ag.document()`` is (B, >= max_seqlen),
     indexed [sequence, position].
     """
-    if isinstance(attn, Variant):
-        kernel = varlen_kernel(attn)
-    elif isinstance(attn, CompiledAttention) and not isinstance(attn, VarlenKernel):
+    if isinstance(attn, CompiledAttention) and not isinstance(attn, VarlenKernel):
         kernel = ops.kernel_for(_varlen_key(attn.key))
+        captured = attn.captured_tensors()  # this variant's (the kernel may serve an equal one capturing others)
     else:
         kernel = varlen_kernel(attn)
+        captured = attn.captured() if isinstance(attn, Variant) else None
     return run(kernel, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=scale,
-               return_lse=return_lse, check=check, config=config, deterministic=deterministic, **tensors)
+               return_lse=return_lse, check=check, config=config, deterministic=deterministic, captured=captured,
+               **tensors)
 
 
 __all__ = ["varlen_attention", "varlen_kernel"]

@@ -36,8 +36,11 @@ def _user_tensors(kernel: VarlenKernel, tensors: dict[str, object], captured: di
 def run(kernel: VarlenKernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, scale: float | None = None,
         return_lse: bool = False, check: bool = True, config: KernelConfig | None = None,
-        deterministic: bool | None = None, **tensors: torch.Tensor):
-    """A varlen call (``ag.varlen_attention``'s arguments after the kernel)."""
+        deterministic: bool | None = None, captured: dict[str, torch.Tensor] | None = None,
+        **tensors: torch.Tensor):
+    """A varlen call (``ag.varlen_attention``'s arguments after the kernel). ``captured``: the
+    captured tensors to read (default the kernel's): variants that differ only in the tensors
+    they capture share one kernel, and each call reads its own variant's."""
     check_packed(q, k, v)
     batch = check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q.device)
     max_q = check_max_seqlen(max_seqlen_q, "max_seqlen_q")
@@ -59,7 +62,8 @@ def run(kernel: VarlenKernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     views = [packed_view(x if x.shape[0] else x.new_zeros((1, *x.shape[1:]))) for x in (q, k, v)]
     p = check_qkv(*views)
     check_scale(scale, p.D)
-    user = _user_tensors(kernel, tensors, kernel.captured_tensors(), p, batch, max_q, max_k)
+    user = _user_tensors(kernel, tensors, kernel.captured_tensors() if captured is None else captured, p, batch,
+                         max_q, max_k)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *user))
     if needs_grad and not kernel._has_backward:
         raise NotImplementedError(f"variant '{kernel.variant.label}': no backward kernel could be generated for its "
