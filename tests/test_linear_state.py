@@ -142,3 +142,17 @@ def test_refusals_name_the_problem():
                                                              decay_log=-torch.ones(HQ, device=DEVICE))
         with pytest.raises(ValueError, match="positions but q has"):
             attn.step(q, k[:, :, :3], val[:, :, :3], state)
+
+
+def test_opcheck_prefill_and_step():
+    """The ops' schemas, fake implementations, and the step's declared mutation of the state."""
+    v = variant("elu1", True, True)
+    attn = ag.compile(v)
+    q, k, val, tensors = inputs(v, 12)
+    with torch.no_grad():
+        _, state = attn.prefill(q[:, :, :10], k[:, :, :10], val[:, :, :10], **tensors)
+    decay = tensors["decay_log"]
+    torch.library.opcheck(torch.ops.attngen.linear_prefill.default,
+                          (attn.key, q[:, :, :10], k[:, :, :10], val[:, :, :10], decay, state.kv, state.k_sum, ""))
+    torch.library.opcheck(torch.ops.attngen.linear_step.default,
+                          (attn.key, q[:, :, 10:], k[:, :, 10:], val[:, :, 10:], decay, state.kv, state.k_sum))

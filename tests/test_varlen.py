@@ -283,3 +283,14 @@ def test_captured_tensors_are_each_variants_own():
         _, plain = varlen_attention(ag.Variant(mask=ag.causal()), q, k, v, cu, cu, 40, 40, return_lse=True)
         finite = torch.isfinite(plain)
         torch.testing.assert_close(lse[finite], (plain + table[:, None].expand_as(plain))[finite])
+
+
+def test_opcheck_varlen_attention():
+    """Schema, fake implementation (packed shapes and strides), autograd registration and AOT
+    dispatch of attngen::varlen_attention."""
+    kernel = varlen_kernel(ag.Variant(score=alibi, mask=ag.causal()))
+    cu = offsets(LENS_Q)
+    q, k, v = (packed(sum(LENS_Q), h).requires_grad_() for h in (H, HKV, HKV))
+    slopes = torch.rand(H, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.attngen.varlen_attention.default,
+                          (kernel.key, q, k, v, cu, cu, [slopes], None, "", True, True, False, True, 40, 40))
