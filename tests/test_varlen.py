@@ -294,3 +294,20 @@ def test_opcheck_varlen_attention():
     slopes = torch.rand(H, device=DEVICE, requires_grad=True)
     torch.library.opcheck(torch.ops.attngen.varlen_attention.default,
                           (kernel.key, q, k, v, cu, cu, [slopes], None, "", True, True, False, True, 40, 40))
+
+
+def test_views_of_one_packed_qkv_tensor():
+    """q, k, v as views of one (total, 3, H, D) tensor (FlashAttention's qkvpacked layout): read
+    in place; the output is contiguous and the gradients equal those of contiguous copies."""
+    cu = offsets(LENS_Q)
+    qkv = packed(sum(LENS_Q), 3 * H).view(-1, 3, H, D).requires_grad_()
+    copies = [qkv[:, i].detach().contiguous().requires_grad_() for i in range(3)]
+    variant = ag.Variant(mask=ag.sliding_window(9))
+    out = varlen_attention(variant, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, 40, 40)
+    expected = varlen_attention(variant, *copies, cu, cu, 40, 40)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, expected)
+    dout = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, qkv, dout)
+    for i, g in enumerate(torch.autograd.grad(expected, copies, dout)):
+        torch.testing.assert_close(grad[:, i], g)

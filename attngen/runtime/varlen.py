@@ -132,10 +132,10 @@ class VarlenCall:
 def _like(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``result`` in ``torch.empty_like(like)``'s layout (what the ops' fake implementations
     promise graphs); a copy only for inputs that are not dense."""
-    target = torch.empty_like(like)
-    if target.stride() == result.stride():
+    if result.stride() == like.stride():  # a dense input: empty_like keeps its strides
         return result
-    return target.copy_(result)
+    target = torch.empty_like(like)
+    return result if target.stride() == result.stride() else target.copy_(result)
 
 
 def varlen_forward(kernel: VarlenKernel, call: VarlenCall, q, k, v, cu_q, cu_k, user: list[torch.Tensor]):
