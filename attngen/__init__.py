@@ -1,7 +1,7 @@
 """attngen: declared attention variants compiled to fused, cached Triton kernels."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401 - re-exported
 
 import os as _os
 import sys as _sys

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from .. import __version__
+from .._version import __version__
 from .._resources import template_dir
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, QK, QK_SCALE, SCORE, SM_SCALE
 from ..ir.kernel import BAND, DENSE, NEIGHBORHOOD, TILES, KernelIR

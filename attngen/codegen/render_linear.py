@@ -7,7 +7,7 @@ contains its variant's code and nothing else.
 """
 from __future__ import annotations
 
-from .. import __version__
+from .._version import __version__
 from ..ir.kernel import BAND, DENSE, KernelIR
 from ..ir.nodes import Linear
 from .environment import template_environment

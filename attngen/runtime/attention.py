@@ -340,7 +340,7 @@ class CompiledAttention(CompiledKernel):
         """How this grid's forward runs: "masked" (the masked variants' small tiles: 2-D/3-D
         windows), "sparse" (block-sparse boxes, no shell of partial boxes even for two-halves
         query boxes, which it takes: H100 blocked 3-D 470 against 425 TFLOP/s, GNA 2-D 422
-        against 378; benchmarks/NOTES.md, session 8) or "dense" (the dense kernel's tiles:
+        against 378; benchmarks/NOTES.md, Neighborhoods, "two-halves query boxes") or "dense" (the dense kernel's tiles:
         1-D windows, where the halves lost 6%)."""
         if not self.neighborhood_prefers_dense(p, axes):
             return "masked"

@@ -24,7 +24,7 @@ from .config import KernelConfig
 def backward_config(device: torch.device, forward: KernelConfig, small_tiles: bool) -> tuple[KernelConfig, KernelConfig]:
     """Tiles of the (dK/dV, dQ) passes: each program owns a tile of BLOCK_OWN rows and steps
     through the other side BLOCK_STEP at a time (FlashAttention-2's split). H100, bf16,
-    L=8192, D=128 (benchmarks/NOTES.md, 2026-11-24 session 4): 128/64 with 8 warps is best
+    L=8192, D=128 (benchmarks/NOTES.md, Backward, 2026-11-24): 128/64 with 8 warps is best
     for dense and causal (420 and 387 TFLOP/s fwd+bwd); ``small_tiles`` (two-sided bands, tile
     lists, 2-D/3-D neighborhoods) takes 64/32 with 4 warps (window 1024: 277 against 261 with
     128/64); 4 warps on 128-row tiles spill (139-208)."""

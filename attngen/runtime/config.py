@@ -30,7 +30,7 @@ class KernelConfig:
     every row attends with Triton's automatic warp specialization
     (``tl.range(..., warp_specialize=True)``): producer warps issue the K/V loads while the
     others compute. H100, causal D=128 at 128x128, 8 warps, 3 stages: +1.5-1.8%, ahead in
-    10 of 10 interleaved rounds (benchmarks/NOTES.md, session 14); dense tiles even or -1.5%.
+    10 of 10 interleaved rounds (benchmarks/NOTES.md, Forward, "warp specialization as a config option"); dense tiles even or -1.5%.
     Triton 3.6's pass asserts on 4-warp kernels (WSLowerToken.cpp), so only 8 warps take it.
     """
 
@@ -101,18 +101,18 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     dense D=64: 128x64, 8 warps 434 (128x128x8: 354);
     causal D=64: 64x64x4 370. Causal D=128 (``causal_like``, plain score): 128x128, 8 warps,
     3 stages 472 against 449 for 64x64 on 4 warps, six interleaved rounds beside cuDNN
-    (NOTES.md, session 10; it had won 7 of 8 rounds in sessions 6-7 and lost 2 of 3 in 4);
-    with warp specialization on sm90 (``KernelConfig.warp_specialize``; session 14: 453 -> 460).
+    (NOTES.md, Forward, 2026-11-24; it had won 7 of 8 earlier rounds and lost 2 of 3 before those);
+    with warp specialization on sm90 (``KernelConfig.warp_specialize``; NOTES.md, Forward: 453 -> 460).
     ``sigmoid``: sigmoid attention, dense D=128: 128x64, 8 warps 1.98 ms (128x128x8: 2.11-2.17;
     results in benchmarks/NOTES.md, "Normalizations").
     ``halves``: the kernel has the two-halves forward (dense and band masks). On the H100 at
     64 < D <= 128 it wins unmasked and, for sigmoid, on causal-like (one-sided) bands
-    (``causal_like``): four interleaved rounds (NOTES.md, session 6), 256x64 halves, 8 warps,
+    (``causal_like``): four interleaved rounds (NOTES.md, Forward, "config rounds after the halves"), 256x64 halves, 8 warps,
     4 stages against the earlier choice: dense softmax 544 vs 504 TFLOP/s, sigmoid 603 vs
     528, causal sigmoid 525 vs 480; causal softmax 437 vs 438 and windows 0.78x (not taken).
     ``score_mod``: the score is more than ``qk * scale``; unmasked, D=128, the smaller
     64x64 tiles on 4 warps leave the score's code registers: tanh soft-capping 326 vs 267
-    TFLOP/s with 128x128 on 8 warps (four rounds, session 6).
+    TFLOP/s with 128x128 on 8 warps (four rounds, the same NOTES entry).
     """
     if device.type != "cuda":
         bm = min(64, max(16, triton.next_power_of_2(lq)))
@@ -136,7 +136,7 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
         if halves and wide and not score_mod and (not masked or (sigmoid and causal_like)):
             return KernelConfig(256, 64, 8, 4, halves=True)
         if masked and causal_like and wide and not score_mod and not sigmoid:
-            # warp specialization measured on the H100 only (session 14)
+            # warp specialization measured on the H100 only (NOTES.md, Forward, 2026-11-25)
             return KernelConfig(128, 128, 8, 3, warp_specialize=major == 9)
         if masked:
             return KernelConfig(64, 64, 4, 3)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sympy.core.parameters import evaluate
 
-from .. import __version__
+from .._version import __version__
 from ..ir.kernel import KernelIR
 from ..ir.nodes import Variant
 from ..ir.nodes import _TracedFunction

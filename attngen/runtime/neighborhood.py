@@ -158,7 +158,7 @@ class NeighborhoodPlan:
     @property
     def inner_query_boxes(self) -> bool:
         """Whether the dK/dV pass first walks the query boxes that see a whole KV box, without
-        the window test. H100 (benchmarks/NOTES.md, session 4): it pays where one axis varies
+        the window test. H100 (benchmarks/NOTES.md, Neighborhoods, 2026-11-24): it pays where one axis varies
         (1-D window 2047: fwd+bwd 6.63 -> 6.16 ms) and cost 3-4% on 2-D 31x31 and 3-D 7x15x15,
         where two loops per program each start a pipeline for fewer boxes."""
         return one_axis_varies(self.axes)
@@ -168,7 +168,7 @@ class NeighborhoodPlan:
         """Whether the dK/dV pass's query boxes are plain row ranges: only the last axis varies,
         without dilation, and the boxes lie along it. The pass then walks rows from a multiple
         of the box as the band's does (contiguous, aligned rows: vector loads of lse and delta,
-        no per-step row arithmetic; benchmarks/NOTES.md, session 9)."""
+        no per-step row arithmetic; benchmarks/NOTES.md, Neighborhoods, 2026-11-24)."""
         *lead, last = self.axes
         return (all(a.size == 1 for a in lead) and last.dilation == 1
                 and self.q_box[:-1] == (1,) * (RANK - 1) and self.inner_query_boxes)
@@ -198,7 +198,7 @@ class NeighborhoodPlan:
         test, and the shell after them; otherwise one loop walks every box with the test.
         Split where the full boxes are most of the walk (1-D windows) or all of it
         (block-sparse geometry); one loop on 2-D/3-D windows, whose walk is mostly shell,
-        saves a second pipeline fill and the shell's slab arithmetic (NOTES.md, session 9)."""
+        saves a second pipeline fill and the shell's slab arithmetic (NOTES.md, Neighborhoods, 2026-11-24)."""
         return one_axis_varies(self.axes) or not self.has_partial
 
     def constexprs(self) -> dict[str, object]:

@@ -9,7 +9,7 @@ ones, with no gap: packed documents, prefix-LM, windows within documents), the k
 each row's run bounds as loop ranges instead of the lists (``TileLists.runs``). On the H100 a
 tile index loaded inside the loop keeps Triton's software pipeline from prefetching K and
 V: packed documents ran 310 TFLOP/s forward through the lists and 374 through the ranges
-(benchmarks/NOTES.md, session 8). Whether the rows are contiguous is read back to the host
+(benchmarks/NOTES.md, Tile-list masks, "tile lists walked as runs"). Whether the rows are contiguous is read back to the host
 once per classification.
 
 A classification also records, for every query, the first and last key its mask keeps and
@@ -19,7 +19,7 @@ span [first, last] with nothing dropped inside it (packed documents with any cau
 window mask inside them, prefix-LM), the partial tiles test those two bounds instead of
 evaluating the mask: a band test, as for causal attention, instead of gathers of the mask's
 tensors (documents' dK/dV pass: 60 registers spilled with the gathers, 10 with a band test;
-benchmarks/NOTES.md, sessions 11 and 12). Whether they are exact is read back in the same
+benchmarks/NOTES.md, Tile-list masks, 2026-11-24/25). Whether they are exact is read back in the same
 host sync as the runs.
 
 A classification is reused while the shape, tile sizes and every tensor it reads are the
@@ -121,7 +121,7 @@ class TileLists:
         """Runs of which at most a quarter of the tiles are partial (packed documents longer
         than a few tiles): the backward takes the large tiles for these, as for causal masks
         (H100, 4 documents x 2048: fwd+bwd 292-295 TFLOP/s against 277-282 with the small
-        tiles; benchmarks/NOTES.md, session 8)."""
+        tiles; benchmarks/NOTES.md, Tile-list masks, 2026-11-24)."""
         return self.runs is not None and self.partial_share <= 0.25
 
     def geometry(self) -> dict[str, object]:
