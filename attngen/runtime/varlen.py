@@ -34,33 +34,39 @@ def packed_view(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 0, 2).unsqueeze(0)
 
 
-def _tensor_key(t: torch.Tensor) -> tuple:
-    return (id(t), t._version, t.data_ptr(), t.shape[0])
+class _Batch:
+    """What a batch's offsets decide, derived once: the sequence of each query token, which
+    (max_seqlen_q, max_seqlen_k) the offsets were checked against, and the tile plans by
+    (block_m, block_n, heads)."""
+
+    def __init__(self, cu_q: torch.Tensor, total_q: int) -> None:
+        self.seq_q = sequence_ids(cu_q, total_q)
+        self.checked: set[tuple[int, int]] = set()
+        self.plans: dict[tuple[int, int, int], VarlenTileLists] = {}
 
 
-class _PerBatch:
-    """A small LRU of values derived from a batch's cu_seqlens tensors, valid while they are
-    the same objects at the same version (an in-place update invalidates it). Nothing is
-    cached while a CUDA graph is captured: a replay must derive from the tensors' new values."""
+class _Batches:
+    """A small LRU of ``_Batch`` records, valid while the offsets tensors are the same objects
+    at the same version (an in-place update starts a new record). Nothing is kept while a CUDA
+    graph is captured: a replay must derive everything from the tensors' new values."""
 
     def __init__(self, capacity: int = 16) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[tuple, tuple[list, object]] = OrderedDict()
+        self._entries: OrderedDict[tuple, tuple[tuple, _Batch]] = OrderedDict()
 
-    def get(self, tensors: tuple[torch.Tensor, ...], extra: tuple, build):
-        capturing = tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()
-        if capturing:
-            return build()
-        key = tuple(_tensor_key(t) for t in tensors) + extra
+    def get(self, cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int) -> _Batch:
+        if cu_q.is_cuda and torch.cuda.is_current_stream_capturing():
+            return _Batch(cu_q, total_q)
+        key = (id(cu_q), cu_q._version, cu_q.data_ptr(), id(cu_k), cu_k._version, cu_k.data_ptr(), total_q, total_k)
         hit = self._entries.get(key)
-        if hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors)):
+        if hit is not None and hit[0][0]() is cu_q and hit[0][1]() is cu_k:
             self._entries.move_to_end(key)
             return hit[1]
-        value = build()
-        self._entries[key] = ([weakref.ref(t) for t in tensors], value)
+        batch = _Batch(cu_q, total_q)
+        self._entries[key] = ((weakref.ref(cu_q), weakref.ref(cu_k)), batch)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-        return value
+        return batch
 
 
 class VarlenKernel(CompiledAttention):
@@ -74,48 +80,47 @@ class VarlenKernel(CompiledAttention):
         self.renamed = dict(rewrite.renamed)  # user name -> packed name
         internal = {CU_SEQLENS_Q, CU_SEQLENS_K, SEQ_IDS_Q}
         self.user_names = tuple(n for n in self._names if n not in internal)
-        self._seq_ids = _PerBatch()
-        self._plans = _PerBatch()
-        self._checked = _PerBatch()
+        self._per_head = "h" in (base.ir.tile_depends or ())  # the mask reads h: plans are (1, Hq, ...)
+        self._batches = _Batches()
 
     def __repr__(self) -> str:
         return f"VarlenKernel({self.ir.name!r}, band={self.rewrite.band.text()}, exact={self.rewrite.exact})"
 
-    def check_offsets(self, cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int, max_q: int,
-                      max_k: int) -> None:
+    def batch(self, cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int) -> _Batch:
+        return self._batches.get(cu_q, cu_k, total_q, total_k)
+
+    def check_offsets(self, batch: _Batch, cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int,
+                      max_q: int, max_k: int) -> None:
         """runtime/varlen_checks.py's device check, once per batch: the layers of a model call
         with the same offsets tensors, and only the first call pays the host sync."""
-        def check() -> bool:
+        if (max_q, max_k) not in batch.checked:
             check_cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
-            return True
+            batch.checked.add((max_q, max_k))
 
-        self._checked.get((cu_q, cu_k), (total_q, total_k, max_q, max_k), check)
-
-    def sequence_ids(self, cu_q: torch.Tensor, total_q: int) -> torch.Tensor:
-        return self._seq_ids.get((cu_q,), (total_q,), lambda: sequence_ids(cu_q, total_q))
-
-    def bind_varlen(self, cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int,
+    def bind_varlen(self, batch: _Batch, cu_q: torch.Tensor, cu_k: torch.Tensor,
                     user: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every tensor the kernels read, by packed name, and the offsets the plans read (always,
         even those the packed variant does not: the kernels' launchers take what they read by name)."""
         bound = dict(zip(self.user_names, user))
-        bound.update({CU_SEQLENS_Q: cu_q, CU_SEQLENS_K: cu_k, SEQ_IDS_Q: self.sequence_ids(cu_q, total_q)})
+        bound.update({CU_SEQLENS_Q: cu_q, CU_SEQLENS_K: cu_k, SEQ_IDS_Q: batch.seq_q})
         return bound
 
     def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None) -> VarlenTileLists:
-        """The closed-form plan for this batch at ``config``'s tiles (cached per cu_seqlens). A
+        """The closed-form plan for this batch at ``config``'s tiles (kept with the batch). A
         call through ``attn(q, k, v, ...)`` on the packed views without the offsets (not what
         ag.varlen_attention does) gets the generic classifier, which evaluates the whole mask."""
         if CU_SEQLENS_Q not in bound:
             return super().tile_lists(p, bound, config, axes)
-        cu_q, cu_k, seq_q = bound[CU_SEQLENS_Q], bound[CU_SEQLENS_K], bound[SEQ_IDS_Q]
-        heads = p.HQ if "h" in self.module(p.device).TILES_DEPEND_ON else 1
-
-        def build() -> VarlenTileLists:
-            bands = SequenceBands.build(self.rewrite.band, self.rewrite.exact, cu_q, cu_k, seq_q, p.Lq, p.Lkv)
-            return bands.row_plan(config.block_m, config.block_n, heads)
-
-        return self._plans.get((cu_q, cu_k), (p.Lq, p.Lkv, config.block_m, config.block_n, heads), build)
+        cu_q, cu_k = bound[CU_SEQLENS_Q], bound[CU_SEQLENS_K]
+        batch = self.batch(cu_q, cu_k, p.Lq, p.Lkv)
+        heads = p.HQ if self._per_head else 1
+        plan = batch.plans.get((config.block_m, config.block_n, heads))
+        if plan is None:
+            bands = SequenceBands.build(self.rewrite.band, self.rewrite.exact, cu_q, cu_k, bound[SEQ_IDS_Q],
+                                        p.Lq, p.Lkv)
+            plan = batch.plans[(config.block_m, config.block_n, heads)] = bands.row_plan(
+                config.block_m, config.block_n, heads)
+        return plan
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,9 @@ def _like(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def varlen_forward(kernel: VarlenKernel, call: VarlenCall, q, k, v, cu_q, cu_k, user: list[torch.Tensor]):
     """(out (total_q, Hq, Dv), lse (Hq, total_q) or None) of validated packed inputs."""
     total_q, total_k = q.shape[0], k.shape[0]
+    batch = kernel.batch(cu_q, cu_k, total_q, total_k)
     if call.check:
-        kernel.check_offsets(cu_q, cu_k, total_q, total_k, call.max_seqlen_q, call.max_seqlen_k)
+        kernel.check_offsets(batch, cu_q, cu_k, total_q, total_k, call.max_seqlen_q, call.max_seqlen_k)
     HQ, DV = q.shape[1], v.shape[2]
     out = torch.empty((total_q, HQ, DV), dtype=q.dtype, device=q.device)
     lse = torch.empty((HQ, total_q), dtype=torch.float32, device=q.device) if call.attention.store_lse else None
@@ -157,7 +163,7 @@ def varlen_forward(kernel: VarlenKernel, call: VarlenCall, q, k, v, cu_q, cu_k, 
             else:
                 lse.fill_(float("-inf"))
         return out, lse
-    bound = kernel.bind_varlen(cu_q, cu_k, total_q, user)
+    bound = kernel.bind_varlen(batch, cu_q, cu_k, user)
     kernel.forward_impl(call.attention, packed_view(q), packed_view(k), packed_view(v), bound, out=packed_view(out),
                         lse=None if lse is None else lse[None])
     return out, lse
@@ -169,7 +175,7 @@ def varlen_backward(kernel: VarlenKernel, call: VarlenCall, q, k, v, out, lse, d
     if q.shape[0] == 0 or k.shape[0] == 0:  # nothing attended: no gradient reaches the inputs
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
                 {n: torch.zeros_like(t) for n, t in zip(kernel.user_names, user) if n in learnable})
-    bound = kernel.bind_varlen(cu_q, cu_k, q.shape[0], user)
+    bound = kernel.bind_varlen(kernel.batch(cu_q, cu_k, q.shape[0], k.shape[0]), cu_q, cu_k, user)
     dq, dk, dv, grads = kernel.backward_impl(
         call.attention, packed_view(q), packed_view(k), packed_view(v), packed_view(out), lse[None],
         None if dout is None else packed_view(dout), None if dlse is None else dlse[None], bound, learnable)
