@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lengths", default=None, help="comma-separated Lkv (default 4096,32768,131072)")
     p.add_argument("--no-peers", action="store_true", help="attngen only")
     p.add_argument("--sweep", action="store_true", help="also time attngen over a grid of DecodeConfigs")
-    p.add_argument("--sweep-budget", type=float, default=20.0, help="seconds of sweep per case (default 20)")
+    p.add_argument("--sweep-budget", type=float, default=30.0, help="seconds of sweep per case, shared by the "
+                   "contiguous layout and each page size (default 30)")
     p.add_argument("--warmup", type=float, default=25.0, help="do_bench warm-up, ms")
     p.add_argument("--rep", type=float, default=100.0, help="do_bench repetitions, ms")
     return p.parse_args(argv)

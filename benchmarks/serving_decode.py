@@ -198,20 +198,34 @@ def heuristic_config(layout: Layout) -> ag.DecodeConfig:
     q, v, B = layout.q, layout.v, layout.q.shape[0]
     hkv, capacity = (v.shape[1], v.shape[2]) if layout.table is None else (v.shape[2], layout.table.shape[1] * v.shape[1])
     return choose_decode_config(q.device, q.dtype, q.shape[3], v.shape[3], q.shape[1] // hkv * q.shape[2], B * hkv,
-                                capacity)
+                                capacity, paged=layout.table is not None)
 
 
-def sweep_configs(base: ag.DecodeConfig) -> list[ag.DecodeConfig]:
-    """Tiles, warps and stages around the heuristic, at half, the same and twice its splits."""
-    tiles = [(64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4)]
+def sweep_configs(base: ag.DecodeConfig, paged: bool) -> list[ag.DecodeConfig]:
+    """Tiles, warps and stages around the heuristic, at half, the same and twice its splits
+    (paged caches: more stages, which their block-table loads take a share of)."""
+    if paged:
+        tiles = [(64, 4, 5), (64, 4, 3), (64, 4, 6), (64, 8, 5), (128, 4, 5), (32, 4, 6)]
+    else:
+        tiles = [(64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4)]
     splits = sorted({max(1, min(64, s)) for s in (base.num_splits // 2, base.num_splits, base.num_splits * 2)})
     return [ag.DecodeConfig(base.block_m, bn, w, st, s) for (bn, w, st), s in itertools.product(tiles, splits)]
+
+
+def sweep(result: CaseResult, backend: str, layout: Layout, ref: torch.Tensor, timer: Callable[[Fn], float],
+          budget_s: float) -> None:
+    """Time attngen over ``sweep_configs`` on this layout for at most ``budget_s`` seconds."""
+    start = time.perf_counter()
+    for config in sweep_configs(heuristic_config(layout), paged=layout.table is not None):
+        if time.perf_counter() - start > budget_s:
+            break
+        result.sweep.append(measure(backend, layout, ref, timer, config))
 
 
 def run_case(case: DecodeCase, device: torch.device, dtype: torch.dtype, timer: Callable[[Fn], float],
              peers: bool, sweep_budget_s: float = 0.0) -> CaseResult:
     """Every backend on ``case``: the contiguous layout (attngen, its causal variant, the
-    peers, the optional sweep), then each page size."""
+    peers), then each page size; with a sweep budget, a third of it per layout."""
     result = CaseResult(case)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info()
@@ -224,17 +238,17 @@ def run_case(case: DecodeCase, device: torch.device, dtype: torch.dtype, timer: 
     contiguous = [b for b in BACKENDS if "paged" not in b and (peers or b.startswith("attngen"))]
     for backend in contiguous:
         result.rows.append(measure(backend, layout, ref, timer))
-    if sweep_budget_s > 0:
-        start = time.perf_counter()
-        for config in sweep_configs(heuristic_config(layout)):
-            if time.perf_counter() - start > sweep_budget_s:
-                break
-            result.sweep.append(measure("attngen", layout, ref, timer, config))
+    budget = sweep_budget_s / (1 + len(PAGE_SIZES))
+    if budget > 0:
+        sweep(result, "attngen", layout, ref, timer, budget)
     for page_size in PAGE_SIZES:
         del layout
         _release(device)
         layout = make_layout(case, device, dtype, page_size)
-        result.rows.append(measure(f"attngen paged{page_size}", layout, reference(layout), timer))
+        ref = reference(layout)
+        result.rows.append(measure(f"attngen paged{page_size}", layout, ref, timer))
+        if budget > 0:
+            sweep(result, f"attngen paged{page_size}", layout, ref, timer, budget)
     del layout
     _release(device)
     return result

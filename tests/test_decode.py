@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from decode_helpers import Case, assert_matches, check_decode, expected, make_case
-from helpers import DEVICE, rel_l2, tolerance
+from helpers import DEVICE, DTYPES, ON_GPU, dtype_id, rel_l2, tolerance
 
 import attngen as ag
 
@@ -102,6 +102,33 @@ def test_prefill_sized_lq():
     check_decode(VARIANTS["causal"][0], case, num_splits=2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_dtypes(dtype):
+    """Every input dtype of the device (bf16 on the GPU only: the interpreter's bf16 dots are
+    wrong), ALiBi under a causal mask, MQA-style grouping of 4."""
+    case = make_case(B=2, Hq=8, Hkv=2, L=130, lens=[130, 64], Lq=3, dtype=dtype)
+    check_decode(VARIANTS["alibi_causal"][0], case, num_splits=2, slopes=_slopes(8))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="a cache of 2**20 tokens: GPU only")
+def test_million_token_cache():
+    """Lkv = 2**20 in bf16, contiguous and as shuffled pages of 16, causal GQA with 4 new
+    tokens and the default split count: the reference's bottom-right rows."""
+    attn = ag.compile(VARIANTS["causal"][0])
+    L, Hkv, D = 1 << 20, 2, 64
+    q = torch.randn(1, 8, 4, D, device=DEVICE, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, Hkv, L, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    ref = ag.reference(ag.Variant(mask=ag.causal(bottom_right=True)))(q, k, v)
+    lens = torch.tensor([L], dtype=torch.int32, device=DEVICE)
+    assert rel_l2(attn.decode(q, k, v, lens), ref) <= tolerance(torch.bfloat16)
+    order = torch.randperm(L // 16, device=DEVICE)  # the sequence's page i lives at order[i]
+    k_pages, v_pages = (torch.empty(L // 16, 16, Hkv, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    k_pages[order] = k[0].transpose(0, 1).reshape(L // 16, 16, Hkv, D)
+    v_pages[order] = v[0].transpose(0, 1).reshape(L // 16, 16, Hkv, D)
+    out = attn.decode(q, k_pages, v_pages, lens, order.to(torch.int32)[None])
+    assert rel_l2(out, ref) <= tolerance(torch.bfloat16)
+
+
 def test_head_dims_and_float16():
     """D not a power of two, Dv != D, float16 inputs."""
     case = make_case(B=2, Hq=4, Hkv=4, L=70, D=40, Dv=24, lens=[70, 33], Lq=3, dtype=torch.float16)
@@ -154,3 +181,27 @@ def test_decode_continues_prefill():
         step = Case(case.q_full, case.k, case.v, [n] * B, 1)
         out = attn.decode(step.q, case.k, case.v, step.seq_lens, slopes=slopes)
         assert rel_l2(out, full[:, :, n - 1:n]) <= tolerance(torch.float32)
+
+
+def test_split_count_heuristic():
+    """The split count from shapes alone: none when the programs fill the GPU or there is one
+    tile; else at most 64 splits, none of them empty, whose waves are at least 85% as full as
+    with any other split count that leaves no split empty."""
+    from attngen.runtime.decode_config import choose_num_splits
+
+    slots = 3 * 132  # an H100's decoding programs in flight
+
+    def no_empty_split(s, tiles):
+        return -(-tiles // s) * (s - 1) < tiles
+
+    def efficiency(programs, s):
+        waves = programs * s / slots
+        return waves / -(-waves // 1)
+
+    assert choose_num_splits(512, 2048, slots) == 1  # B=64 x 8 KV heads
+    assert choose_num_splits(8, 1, slots) == 1
+    for programs, tiles in ((8, 64), (8, 2048), (64, 512), (16, 3)):
+        splits = choose_num_splits(programs, tiles, slots)
+        assert 1 <= splits <= min(64, tiles) and no_empty_split(splits, tiles)
+        best = max(efficiency(programs, s) for s in range(1, min(64, tiles) + 1) if no_empty_split(s, tiles))
+        assert efficiency(programs, splits) >= 0.85 * best

@@ -48,8 +48,8 @@ def reads_query_positions(attn) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _config(device: torch.device, dtype: torch.dtype, d: int, dv: int, rows: int, sequence_heads: int,
-            capacity: int, num_splits: int | None) -> DecodeConfig:
-    return choose_decode_config(device, dtype, d, dv, rows, sequence_heads, capacity, num_splits)
+            capacity: int, paged: bool, num_splits: int | None) -> DecodeConfig:
+    return choose_decode_config(device, dtype, d, dv, rows, sequence_heads, capacity, paged, num_splits)
 
 
 def decode_impl(attn, q: Tensor, k_cache: Tensor, v_cache: Tensor, seq_lens: Optional[Tensor],
@@ -62,7 +62,8 @@ def decode_impl(attn, q: Tensor, k_cache: Tensor, v_cache: Tensor, seq_lens: Opt
         check_cache_contents(p, seq_lens, block_table, variant=attn.ir.name,
                              min_nonempty=p.Lq if reads_query_positions(attn) else 0)
     if config is None:
-        config = _config(p.device, p.dtype, p.D, p.DV, p.HQ // p.HKV * p.Lq, p.B * p.HKV, p.capacity, num_splits)
+        config = _config(p.device, p.dtype, p.D, p.DV, p.HQ // p.HKV * p.Lq, p.B * p.HKV, p.capacity, p.paged,
+                         num_splits)
     sm_scale = p.D ** -0.5 if scale is None else scale
     softmax = attn.ir.algorithm == ONLINE_SOFTMAX
     out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)

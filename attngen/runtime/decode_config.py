@@ -17,9 +17,10 @@ import torch
 import triton
 
 MAX_SPLITS = 64  # the merge holds all of a row's partials (MAX_SPLITS x Dv fp32) in registers
-# Decoding programs resident per SM: 3 pipeline stages of a 64-key K and V tile at D=128 in
-# bf16 take 96 KB of the H100's 228 KB of shared memory, so two fit.
-PROGRAMS_PER_SM = 2
+# Decoding programs resident per SM: at D=128 in bf16 a program holds two 64-key K and V
+# tiles in flight, 70 KB of shared memory (Triton 3.6's sm90 compile of the kernel), so three
+# fit in the H100's 228 KB.
+PROGRAMS_PER_SM = 3
 # Under the Triton interpreter each program costs Python time: a small pretend GPU still
 # splits (so the CPU tests exercise the merge) without multiplying the work.
 INTERPRETER_SLOTS = 4
@@ -89,15 +90,19 @@ def choose_num_splits(programs: int, tiles: int, slots: int) -> int:
 
 
 def choose_decode_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, rows: int,
-                         sequence_heads: int, capacity: int, num_splits: int | None = None) -> DecodeConfig:
+                         sequence_heads: int, capacity: int, paged: bool, num_splits: int | None = None
+                         ) -> DecodeConfig:
     """A configuration for ``rows`` rows per (sequence, KV head) (GQA group x new tokens),
-    ``sequence_heads`` (sequence, KV head) pairs and caches of ``capacity`` positions;
-    ``num_splits`` None chooses the split count.
+    ``sequence_heads`` (sequence, KV head) pairs and caches of ``capacity`` positions, paged
+    or not; ``num_splits`` None chooses the split count.
 
-    GPU choices: 64-key tiles (32 above D=128, where two stages of K and V at 64 keys no
-    longer leave room for a third), 4 warps, 3 stages: a decoding tile is 16-64 rows, so the
-    dot products are small and the kernel waits on memory; the stages keep three tiles'
-    loads in flight."""
+    GPU choices: 64-key tiles (32 above D=128 or in fp32, whose tiles are twice the bytes), 4
+    warps: a decoding tile is 16-64 rows, so the dot products are small and the kernel waits
+    on memory. Stages: 3 keep two K/V tiles in flight (cp.async double buffering). A paged
+    cache's K/V addresses come from a block-table load in the same iteration, and Triton's
+    pipeliner (3.6 and 3.9, sm90) gives that index load stages of its own: at 3 or 4 stages
+    the K/V tiles get one buffer (38 KB of shared memory), at 5 two (70 KB), as contiguous
+    at 3."""
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     if device.type != "cuda":
         block_n = min(64, max(16, triton.next_power_of_2(capacity)))
@@ -105,7 +110,7 @@ def choose_decode_config(device: torch.device, dtype: torch.dtype, d: int, dv: i
     else:
         wide = max(d, dv) > 128 or dtype == torch.float32
         block_n = 32 if wide else 64
-        warps, stages = 4, 3
+        warps, stages = 4, 5 if paged else 3
     programs = sequence_heads * triton.cdiv(rows, block_m)
     if num_splits is None:
         num_splits = choose_num_splits(programs, triton.cdiv(capacity, block_n), program_slots(device))
