@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from decode_helpers import Case, assert_matches, check_decode, expected, make_case
+from decode_helpers import Case, assert_matches, check_decode, expected, make_case, to_pages
 from helpers import DEVICE, DTYPES, ON_GPU, dtype_id, rel_l2, tolerance
 
 import attngen as ag
@@ -145,6 +145,18 @@ def test_strided_layouts():
     v = case.v.transpose(1, 2).contiguous().transpose(1, 2)
     assert not k.is_contiguous()
     out, lse = attn.decode(q, k, v, case.seq_lens, return_lse=True, num_splits=2)
+    assert_matches(out, lse, *expected(attn.variant, case), torch.float32)
+
+
+def test_strided_index_tensors():
+    """seq_lens and block_table as strided views (every other element of larger tensors)."""
+    case = make_case(B=2, Hq=4, Hkv=2, L=64, lens=[64, 30], Lq=2)
+    k_pages, v_pages, table = to_pages(case.k, case.v, case.lens, 16)
+    lens = torch.stack([case.seq_lens, torch.full_like(case.seq_lens, -7)], 1)[:, 0]
+    wide = torch.stack([table, torch.full_like(table, -7)], 2)[:, :, 0]
+    assert lens.stride(0) == 2 and wide.stride(1) == 2
+    attn = ag.compile(VARIANTS["causal"][0])
+    out, lse = attn.decode(case.q, k_pages, v_pages, lens, wide, return_lse=True, num_splits=2)
     assert_matches(out, lse, *expected(attn.variant, case), torch.float32)
 
 
