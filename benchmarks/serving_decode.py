@@ -72,9 +72,12 @@ class Measurement:
     rel_err: float | None = None
     error: str | None = None
     config: str | None = None
+    graph_ms: float | None = None  # replayed in a CUDA graph: the kernels' time, no host time
+    graph_error: str | None = None
 
-    def gbps(self, case: DecodeCase, elem: int) -> float | None:
-        return None if self.ms is None else case.kv_bytes(elem) / (self.ms * 1e-3) / 1e9
+    def gbps(self, case: DecodeCase, elem: int, graph: bool = False) -> float | None:
+        ms = self.graph_ms if graph else self.ms
+        return None if ms is None else case.kv_bytes(elem) / (ms * 1e-3) / 1e9
 
 
 @dataclass
@@ -165,7 +168,16 @@ def build(backend: str, layout: Layout, config: ag.DecodeConfig | None = None) -
     return sdpa
 
 
-def measure(backend: str, layout: Layout, ref: torch.Tensor, timer: Callable[[Fn], float],
+@dataclass(frozen=True)
+class Timers:
+    """``eager``: do_bench's median (a call's host time shows when it exceeds the GPU's);
+    ``graph``: the call replayed in a CUDA graph (GPU time only), None without a GPU."""
+
+    eager: Callable[[Fn], float]
+    graph: Callable[[Fn], float] | None = None
+
+
+def measure(backend: str, layout: Layout, ref: torch.Tensor, timers: Timers,
             config: ag.DecodeConfig | None = None) -> Measurement:
     """Check ``backend`` on sequence 0, then time it; failures (a refusal, OOM) are recorded."""
     m = Measurement(backend)
@@ -175,11 +187,16 @@ def measure(backend: str, layout: Layout, ref: torch.Tensor, timer: Callable[[Fn
         with torch.no_grad():
             fn = build(backend, layout, config)
             m.rel_err = relative_l2(fn()[0].float(), ref)
-            m.ms = timer(fn)
+            m.ms = timers.eager(fn)
+            if timers.graph is not None:
+                try:
+                    m.graph_ms = timers.graph(fn)
+                except Exception as exc:  # noqa: BLE001 - a backend that cannot be captured
+                    m.graph_error = short_reason(exc)
     except Exception as exc:  # noqa: BLE001 - a peer's failure is a result, not a crash
         m.error = short_reason(exc)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return m
 
 
@@ -212,17 +229,17 @@ def sweep_configs(base: ag.DecodeConfig, paged: bool) -> list[ag.DecodeConfig]:
     return [ag.DecodeConfig(base.block_m, bn, w, st, s) for (bn, w, st), s in itertools.product(tiles, splits)]
 
 
-def sweep(result: CaseResult, backend: str, layout: Layout, ref: torch.Tensor, timer: Callable[[Fn], float],
+def sweep(result: CaseResult, backend: str, layout: Layout, ref: torch.Tensor, timers: Timers,
           budget_s: float) -> None:
     """Time attngen over ``sweep_configs`` on this layout for at most ``budget_s`` seconds."""
     start = time.perf_counter()
     for config in sweep_configs(heuristic_config(layout), paged=layout.table is not None):
         if time.perf_counter() - start > budget_s:
             break
-        result.sweep.append(measure(backend, layout, ref, timer, config))
+        result.sweep.append(measure(backend, layout, ref, timers, config))
 
 
-def run_case(case: DecodeCase, device: torch.device, dtype: torch.dtype, timer: Callable[[Fn], float],
+def run_case(case: DecodeCase, device: torch.device, dtype: torch.dtype, timers: Timers,
              peers: bool, sweep_budget_s: float = 0.0) -> CaseResult:
     """Every backend on ``case``: the contiguous layout (attngen, its causal variant, the
     peers), then each page size; with a sweep budget, a third of it per layout."""
@@ -237,18 +254,18 @@ def run_case(case: DecodeCase, device: torch.device, dtype: torch.dtype, timer: 
     ref = reference(layout)
     contiguous = [b for b in BACKENDS if "paged" not in b and (peers or b.startswith("attngen"))]
     for backend in contiguous:
-        result.rows.append(measure(backend, layout, ref, timer))
+        result.rows.append(measure(backend, layout, ref, timers))
     budget = sweep_budget_s / (1 + len(PAGE_SIZES))
     if budget > 0:
-        sweep(result, "attngen", layout, ref, timer, budget)
+        sweep(result, "attngen", layout, ref, timers, budget)
     for page_size in PAGE_SIZES:
         del layout
         _release(device)
         layout = make_layout(case, device, dtype, page_size)
         ref = reference(layout)
-        result.rows.append(measure(f"attngen paged{page_size}", layout, ref, timer))
+        result.rows.append(measure(f"attngen paged{page_size}", layout, ref, timers))
         if budget > 0:
-            sweep(result, f"attngen paged{page_size}", layout, ref, timer, budget)
+            sweep(result, f"attngen paged{page_size}", layout, ref, timers, budget)
     del layout
     _release(device)
     return result
