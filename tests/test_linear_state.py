@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEVICE, tolerance
+from helpers import DEVICE, FP32_CLOSE, ON_GPU, tolerance
 
 import attngen as ag
 from attngen.testing import relative_error
 
 HQ, HKV, D, DV = 4, 2, 24, 40        # GQA, head dims that are not powers of two, D != Dv
+STATE_TOL = 5e-3 if ON_GPU else 1e-5  # relative L2 of states (the GPU's fp32 dots are tf32)
 
 
 def variant(fm: str, decay: bool, normalize: bool) -> ag.Variant:
@@ -56,10 +57,10 @@ def test_prefill_then_steps_equal_the_whole_sequence(case):
         out, state = attn.prefill(q[:, :, :L], k[:, :, :L], val[:, :, :L], **tensors)
         S, z = state_by_definition(v, k[:, :, :L], val[:, :, :L], tensors)
         assert state.kv.dtype == torch.float32 and state.kv.shape == (1, HQ, D, DV)
-        assert relative_error(state.kv, S) < 1e-5
+        assert relative_error(state.kv, S) < STATE_TOL
         assert (state.k_sum is None) == (not v.norm.normalize)
         if v.norm.normalize:
-            assert relative_error(state.k_sum, z) < 1e-5
+            assert relative_error(state.k_sum, z) < STATE_TOL
         outs = [out]
         for i in range(L, L + n - 2):
             step_out, returned = attn.step(q[:, :, i:i + 1], k[:, :, i:i + 1], val[:, :, i:i + 1], state, **tensors)
@@ -68,7 +69,7 @@ def test_prefill_then_steps_equal_the_whole_sequence(case):
         outs.append(attn.step(q[:, :, L + n - 2:], k[:, :, L + n - 2:], val[:, :, L + n - 2:], state, **tensors)[0])
     ref = ag.reference(v)(q, k, val, **tensors)
     assert relative_error(torch.cat(outs, 2), ref) < tolerance(torch.float32)
-    assert relative_error(state.kv, state_by_definition(v, k, val, tensors)[0]) < 1e-5
+    assert relative_error(state.kv, state_by_definition(v, k, val, tensors)[0]) < STATE_TOL
 
 
 def test_prefill_continues_a_state_and_steps_start_from_zeros():
@@ -87,7 +88,7 @@ def test_prefill_continues_a_state_and_steps_start_from_zeros():
     ref = ag.reference(v)(q, k, val, **tensors)
     assert relative_error(torch.cat([first, second], 2), ref) < tolerance(torch.float32)
     assert relative_error(stepped, ref) < tolerance(torch.float32)
-    assert relative_error(state.kv, scratch.kv) < 1e-5 and relative_error(state.k_sum, scratch.k_sum) < 1e-5
+    assert relative_error(state.kv, scratch.kv) < STATE_TOL and relative_error(state.k_sum, scratch.k_sum) < STATE_TOL
 
 
 def test_half_precision_decoding():
@@ -117,7 +118,7 @@ def test_traced_fullgraph():
         traced = torch.compile(serve, fullgraph=True, backend="aot_eager")(q, k, val, tensors["decay_log"])
         eager = serve(q, k, val, tensors["decay_log"])
     for a, b in zip(traced, eager):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, **FP32_CLOSE)
 
 
 def test_refusals_name_the_problem():

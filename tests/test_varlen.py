@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import DEVICE, rel_l2, tolerance
+from helpers import DEVICE, FP32_CLOSE, ON_GPU, rel_l2, tolerance
 
 import attngen as ag
 from attngen.runtime import varlen_checks
@@ -17,6 +17,7 @@ from attngen.varlen import varlen_attention, varlen_kernel
 H, HKV, D = 2, 1, 16                      # GQA: two query heads share one KV head
 LENS_Q = [13, 0, 40, 1, 29]               # an empty sequence, a one-token one
 LENS_K = [20, 4, 31, 0, 29]               # Lk > Lq, Lk < Lq, a sequence with queries and no keys
+GRAD_TOL = 1e-2 if ON_GPU else 1e-4       # relative L2 of gradients (the GPU's fp32 dots are tf32)
 
 
 def offsets(lengths: list[int]) -> torch.Tensor:
@@ -88,6 +89,7 @@ def _tensors(name: str, lens_q, lens_k) -> tuple[dict, tuple]:
 
 CASES = {  # id: (variant, tensors, cross-attention lengths, dtype, closed-form exact plan)
     "causal_fp16": (ag.Variant(mask=ag.causal()), None, False, torch.float16, True),
+    "causal_bf16": (ag.Variant(mask=ag.causal()), None, True, torch.bfloat16, True),  # GPU only (interpreter dots)
     "causal_bottom_right": (ag.Variant(mask=ag.causal(bottom_right=True)), None, True, torch.float32, True),
     "window": (ag.Variant(mask=ag.sliding_window(4, 2)), None, False, torch.float32, True),
     "dense_cross": (ag.Variant(), None, True, torch.float32, True),
@@ -104,6 +106,8 @@ CASES = {  # id: (variant, tensors, cross-attention lengths, dtype, closed-form 
 @pytest.mark.parametrize("case", list(CASES))
 def test_forward_matches_each_sequence_alone(case):
     variant, tensor_kind, cross, dtype, exact = CASES[case]
+    if dtype == torch.bfloat16 and not ON_GPU:
+        pytest.skip("the Triton interpreter computes bf16 dots wrongly (DESIGN.md)")
     lens_k = LENS_K if cross else LENS_Q
     tensors, per_sequence = _tensors(tensor_kind, LENS_Q, lens_k)
     q, k, v = packed(sum(LENS_Q), H, dtype), packed(sum(lens_k), HKV, dtype), packed(sum(lens_k), HKV, dtype)
@@ -119,7 +123,7 @@ def test_forward_matches_each_sequence_alone(case):
         assert lse.shape == (H, sum(LENS_Q)) and lse.dtype == torch.float32
         assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))
         finite = ~torch.isneginf(ref_lse)
-        torch.testing.assert_close(lse[finite].double(), ref_lse[finite], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(lse[finite].double(), ref_lse[finite], rtol=tolerance(dtype), atol=tolerance(dtype))
     kernel = varlen_kernel(attn)
     assert kernel.rewrite.exact == exact
     assert kernel._tiles.builds == 0, "varlen plans come from cu_seqlens, never from the generic classifier"
@@ -170,12 +174,12 @@ def test_gradients_match_each_sequence_alone(case):
                            **dict(zip(tensors, doubles[3:])))
     expected = torch.autograd.grad(loss(*ref), doubles)
     for name, g, e in zip(["q", "k", "v", *tensors], got, expected):
-        assert rel_l2(g, e) <= 1e-4, f"{case}: gradient of {name}"
+        assert rel_l2(g, e) <= GRAD_TOL, f"{case}: gradient of {name}"
     if case == "alibi_causal":  # slopes' gradient without atomics: recomputed in torch on the packed variant
         again = varlen_attention(variant, q, k, v, offsets(LENS_Q), offsets(lens_k), 40, 40, return_lse=True,
                                  deterministic=True, **tensors)
         (slopes_grad,) = torch.autograd.grad(loss(*again), [tensors["slopes"]])
-        assert rel_l2(slopes_grad, expected[3]) <= 1e-4
+        assert rel_l2(slopes_grad, expected[3]) <= GRAD_TOL
 
 
 def test_traced_fullgraph_forward_and_backward():
@@ -193,7 +197,7 @@ def test_traced_fullgraph_forward_and_backward():
     traced = torch.autograd.grad(compiled(q, k, v, cu, slopes), (q, k, v, slopes))
     eager = torch.autograd.grad(layer(q, k, v, cu, slopes), (q, k, v, slopes))
     for a, b in zip(traced, eager):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, **FP32_CLOSE)
 
 
 def test_offsets_are_checked_once_per_batch(monkeypatch):
@@ -282,7 +286,7 @@ def test_captured_tensors_are_each_variants_own():
         _, lse = varlen_attention(attn, q, k, v, cu, cu, 40, 40, return_lse=True)
         _, plain = varlen_attention(ag.Variant(mask=ag.causal()), q, k, v, cu, cu, 40, 40, return_lse=True)
         finite = torch.isfinite(plain)
-        torch.testing.assert_close(lse[finite], (plain + table[:, None].expand_as(plain))[finite])
+        torch.testing.assert_close(lse[finite], (plain + table[:, None].expand_as(plain))[finite], **FP32_CLOSE)
 
 
 def test_opcheck_varlen_attention():
@@ -306,8 +310,8 @@ def test_views_of_one_packed_qkv_tensor():
     out = varlen_attention(variant, qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, 40, 40)
     expected = varlen_attention(variant, *copies, cu, cu, 40, 40)
     assert out.is_contiguous()
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, **FP32_CLOSE)
     dout = torch.randn_like(out)
     (grad,) = torch.autograd.grad(out, qkv, dout)
     for i, g in enumerate(torch.autograd.grad(expected, copies, dout)):
-        torch.testing.assert_close(grad[:, i], g)
+        torch.testing.assert_close(grad[:, i], g, **FP32_CLOSE)
