@@ -102,7 +102,7 @@ def choose_decode_config(device: torch.device, dtype: torch.dtype, d: int, dv: i
     cache's K/V addresses come from a block-table load in the same iteration, and Triton's
     pipeliner (3.6 and 3.9, sm90) gives that index load stages of its own: at 3 or 4 stages
     the K/V tiles get one buffer (38 KB of shared memory), at 5 two (70 KB), as contiguous
-    at 3."""
+    at 3 (benchmarks/experiments/decode_pipeline_stages.py)."""
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     if device.type != "cuda":
         block_n = min(64, max(16, triton.next_power_of_2(capacity)))
