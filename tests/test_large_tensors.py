@@ -79,9 +79,9 @@ def test_forward_past_2_31(mask):
 
 @gpu_only
 def test_forward_gqa_blhd_layout_past_2_31():
-    """A (B, L, H, D) buffer: stride_b * b passes 2**31 (per-batch slices stay below)."""
-    q = _big(64, 32, 1040, 64, blhd=True)
-    k, v = (_big(64, 4, 1040, 64, blhd=True) for _ in range(2))
+    """A (B, L, H, D) buffer: stride_b * b passes 2**31 (the (L, D) slices span 8199 * 4096)."""
+    q = _big(64, 32, 8200, 128, blhd=True)  # 2.15e9 elements
+    k, v = (_big(64, 4, 8200, 128, blhd=True) for _ in range(2))
     _check_tail(ag.compile(ag.Variant(mask=ag.causal())), q, k, v)
 
 
