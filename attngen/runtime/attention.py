@@ -187,7 +187,7 @@ class CompiledAttention(CompiledKernel):
         if out is not None:
             if needs_grad:
                 raise ValueError("out= cannot be used when q, k, v or a runtime tensor require grad")
-            check_out(out, p)
+            check_out(out, p, (q, k, v))
         spatial = None if axes is None else tuple(spatial_shape if isinstance(spatial_shape, (tuple, list))
                                                   else (spatial_shape,))
         call = AttentionCall(scale, spatial, config, needs_grad or return_lse, return_lse, deterministic)

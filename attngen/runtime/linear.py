@@ -198,7 +198,7 @@ class CompiledLinearAttention(CompiledKernel):
         if out is not None:
             if needs_grad:
                 raise ValueError("out= cannot be used when q, k, v or decay_log require grad")
-            check_out(out, p)
+            check_out(out, p, (q, k, v))
         call = LinearCall(config, backward_config)
         if in_graph(q, k, v):  # the custom op a graph records (torch.compile, torch.export)
             result = torch.ops.attngen.linear_attention(self.key, q, k, v, decay_log, ops.encode_config(config),

@@ -34,7 +34,6 @@ class Problem:
     DV: int
     dtype: torch.dtype
     device: torch.device
-    inputs: tuple[int, ...] = ()  # data pointers of q, k, v: an ``out=`` must not be one of them
 
 
 def _tensor(x: object, name: str) -> torch.Tensor:
@@ -94,7 +93,7 @@ def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> P
     if not allow_float64:  # the reference materializes in torch: no 32-bit offsets there
         for name, t in (("q", q), ("k", k), ("v", v)):
             check_slice_offsets(t, name)
-    return Problem(B, HQ, HKV, Lq, Lkv, D, DV, q.dtype, q.device, (q.data_ptr(), k.data_ptr(), v.data_ptr()))
+    return Problem(B, HQ, HKV, Lq, Lkv, D, DV, q.dtype, q.device)
 
 
 def check_scale(scale: object, D: int) -> float:
@@ -169,14 +168,18 @@ def resolve_spatial(mask, spatial_shape: object, p: Problem):
     return [resolve_axes(na, spatial_shape, p.Lq) for na in found]
 
 
-def check_out(out: object, p: Problem) -> torch.Tensor:
-    """A caller-provided output tensor: (B, Hq, Lq, Dv), q's dtype and device."""
+def check_out(out: object, p: Problem, inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """A caller-provided output tensor: (B, Hq, Lq, Dv), q's dtype and device, not sharing
+    memory with ``inputs`` (q, k, v). Traced calls (fake tensors have no memory) skip the
+    memory check; the eager call of the same code makes it."""
     out = _tensor(out, "out")
     if tuple(out.shape) != (p.B, p.HQ, p.Lq, p.DV):
         raise ValueError(f"out must have shape (B, Hq, Lq, Dv) = {(p.B, p.HQ, p.Lq, p.DV)}, got {tuple(out.shape)}")
     if out.dtype != p.dtype or out.device != p.device:
         raise TypeError(f"out must be {p.dtype} on {p.device}, got {out.dtype} on {out.device}")
-    if out.data_ptr() in p.inputs:  # the kernel would overwrite rows it still has to read
+    real = not torch.compiler.is_compiling() and all(type(t) in (torch.Tensor, torch.nn.Parameter)
+                                                     for t in (out, *inputs))
+    if real and out.data_ptr() in {t.data_ptr() for t in inputs}:  # it would overwrite rows still to be read
         raise ValueError("out must not share memory with q, k or v (it is written while they are read)")
     check_slice_offsets(out, "out")
     return out
