@@ -18,7 +18,7 @@ from .decode import decode as _decode
 from .decode_config import DecodeConfig
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
-from .validate import Problem, check_out, check_qkv, check_runtime_tensors, check_scale, resolve_spatial
+from .validate import Problem, check_call_options, check_out, check_qkv, check_runtime_tensors, check_scale, resolve_spatial
 
 
 def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:
@@ -169,17 +169,8 @@ class CompiledAttention(CompiledKernel):
     def _run(self, captured: dict[str, torch.Tensor], q, k, v, *, scale=None, return_lse=False, config=None,
              spatial_shape=None, out=None, deterministic=None, **tensors):
         p, _, bound, axes = self.prepare(q, k, v, scale, spatial_shape, captured, **tensors)
-        if not isinstance(return_lse, bool):
-            raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
-        if return_lse and self.ir.algorithm != "online_softmax":
-            raise ValueError(f"return_lse: variant '{self.ir.name}' uses {self.ir.algorithm} normalization, "
-                             "which has no log-sum-exp")
-        if config is not None and not isinstance(config, KernelConfig):
-            raise TypeError(f"config must be an attngen KernelConfig, got {type(config).__name__}")
-        if deterministic is None:
-            deterministic = torch.are_deterministic_algorithms_enabled()
-        elif not isinstance(deterministic, bool):
-            raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
+        deterministic = check_call_options(return_lse, config, deterministic, self.ir.algorithm, self.ir.name,
+                                           KernelConfig)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *bound.values()))
         if needs_grad and not self._has_backward:
             raise NotImplementedError(f"variant '{self.ir.name}': no backward kernel could be generated for its "

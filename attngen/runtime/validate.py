@@ -183,3 +183,20 @@ def check_out(out: object, p: Problem, inputs: tuple[torch.Tensor, ...] = ()) ->
         raise ValueError("out must not share memory with q, k or v (it is written while they are read)")
     check_slice_offsets(out, "out")
     return out
+
+
+def check_call_options(return_lse: object, config: object, deterministic: object, algorithm: str, variant: str,
+                       config_type: type) -> bool:
+    """The options every softmax/sigmoid call takes; returns ``deterministic`` resolved (None:
+    ``torch.are_deterministic_algorithms_enabled()``)."""
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
+    if return_lse and algorithm != "online_softmax":
+        raise ValueError(f"return_lse: variant '{variant}' uses {algorithm} normalization, which has no log-sum-exp")
+    if config is not None and not isinstance(config, config_type):
+        raise TypeError(f"config must be an attngen {config_type.__name__}, got {type(config).__name__}")
+    if deterministic is None:
+        return torch.are_deterministic_algorithms_enabled()
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
+    return deterministic

@@ -9,7 +9,7 @@ from .attention import AttentionCall
 from .compiled import in_graph
 from .config import KernelConfig
 from .ops import encode_config
-from .validate import Problem, check_qkv, check_runtime_tensors, check_scale
+from .validate import Problem, check_call_options, check_qkv, check_runtime_tensors, check_scale
 from .varlen import VarlenCall, VarlenFunction, VarlenKernel, packed_view, varlen_forward
 from .varlen_checks import check_cu_seqlens, check_document_ids, check_max_seqlen, check_packed
 
@@ -45,18 +45,10 @@ def run(kernel: VarlenKernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     batch = check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q.device)
     max_q = check_max_seqlen(max_seqlen_q, "max_seqlen_q")
     max_k = check_max_seqlen(max_seqlen_k, "max_seqlen_k")
-    for name, flag in (("return_lse", return_lse), ("check", check)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
-    if return_lse and kernel.ir.algorithm != "online_softmax":
-        raise ValueError(f"return_lse: variant '{kernel.variant.label}' uses {kernel.ir.algorithm} normalization, "
-                         "which has no log-sum-exp")
-    if config is not None and not isinstance(config, KernelConfig):
-        raise TypeError(f"config must be an attngen KernelConfig, got {type(config).__name__}")
-    if deterministic is None:
-        deterministic = torch.are_deterministic_algorithms_enabled()
-    elif not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
+    if not isinstance(check, bool):
+        raise TypeError(f"check must be a bool, got {check!r}")
+    deterministic = check_call_options(return_lse, config, deterministic, kernel.ir.algorithm, kernel.variant.label,
+                                       KernelConfig)
     # shapes, dtypes, heads and head dims through the packed views (one token stands in for an
     # empty side: check_qkv refuses empty tensors, a varlen batch may have no tokens)
     views = [packed_view(x if x.shape[0] else x.new_zeros((1, *x.shape[1:]))) for x in (q, k, v)]
