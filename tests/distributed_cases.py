@@ -137,6 +137,49 @@ def check_sequence(rank: int, group, *, variant: str, mode: str, balanced: bool,
         _close(f"d{name}", _all_reduce(leaves[name].grad, group), ref_leaves[name].grad, 1e-4)
 
 
+def _kernel_kinds(var) -> dict:
+    """Each compiled kernel a context-parallel call of ``var`` may run, by kind."""
+    kernels = agd.pair_kernels(ag.compile(var))
+    return {id(kernels.offset): "offset", id(kernels.dense): "dense", id(kernels.diagonal): "diagonal"}
+
+
+def check_causal_work(rank: int, group, *, balanced: bool, L: int = 24, D: int = 16) -> None:
+    """Ring attention under a causal mask launches exactly the chunk pairs the mask does not
+    empty (brute force over the chunks), full pairs on the dense kernel and the diagonal
+    ones on the causal kernel, and its forward sends each block W - 1 times, nothing else."""
+    from attngen.runtime.attention import CompiledAttention
+
+    world = dist.get_world_size(group)
+    var = variants()["causal"][0]
+    layout = agd.SequenceLayout(L, world, balanced)
+    kinds, launched = _kernel_kinds(var), []
+    original = CompiledAttention.forward_impl
+
+    def counting(self, call, q, k, v, bound, *args, **kwargs):
+        launched.append(kinds.get(id(self), "other"))
+        return original(self, call, q, k, v, bound, *args, **kwargs)
+
+    q = torch.randn(1, 2, layout.local_length(rank), D)
+    traffic = agd.Traffic()
+    CompiledAttention.forward_impl = counting
+    try:
+        with torch.no_grad():
+            agd.context_parallel_attention(ag.compile(var), q, q, q, layout=layout, group=group, traffic=traffic)
+    finally:
+        CompiledAttention.forward_impl = original
+    expected = []
+    for qc in layout.chunks_of(rank):
+        for kc in layout.chunks:
+            rows, cols = range(qc.start, qc.stop), range(kc.start, kc.stop)
+            kept = [j <= i for i in rows for j in cols]
+            if not any(kept):
+                continue
+            expected.append("dense" if all(kept) else "diagonal" if qc == kc else "offset")
+    assert sorted(launched) == sorted(expected), (launched, expected)
+    blocks = sum(2 * layout.local_length((rank - t) % world) for t in range(world - 1))  # k and v, one head pair
+    assert traffic.sent == {"ring": blocks * 2 * D * 4}, (traffic.sent, blocks)
+
+
 def check_ulysses_heads_refused(rank: int, group) -> None:
     layout = agd.SequenceLayout(12, dist.get_world_size(group))
     q = torch.randn(1, 4, layout.local_length(rank), 16)

@@ -11,7 +11,7 @@ and exchange only the halo their windows reach. docs/distributed.md has the deta
 """
 from __future__ import annotations
 
-from .api import context_parallel_attention, offset_kernel
+from .api import context_parallel_attention, pair_kernels
 from .comm import Traffic
 from .halo import GridLayout
 from .layout import SequenceLayout, layout_for
@@ -20,4 +20,4 @@ from .positions import offset_variant
 from .sharding import shard, unshard
 
 __all__ = ["GridLayout", "SequenceLayout", "Traffic", "add_sinks", "context_parallel_attention", "layout_for",
-           "merge_lse", "offset_kernel", "offset_variant", "shard", "unshard"]
+           "merge_lse", "pair_kernels", "offset_variant", "shard", "unshard"]

@@ -22,6 +22,7 @@ from ..runtime.validate import Problem, check_call_options, check_qkv, check_run
 from .allgather import AllGatherAttention
 from .chunk_kernel import OffsetKernel
 from .comm import Group, Traffic
+from .fast_paths import PairKernels
 from .halo import GridLayout, halo_plan
 from .layout import SequenceLayout
 from .merge import add_sinks
@@ -33,15 +34,17 @@ from .ulysses import UlyssesAttention, check_heads
 
 SEQUENCE_MODES = {"ring": RingAttention, "allgather": AllGatherAttention, "ulysses": UlyssesAttention}
 GRID_MODES = ("halo", "ulysses")
-_KERNELS: dict[str, OffsetKernel] = {}  # by the key of the user's compiled kernel
+_KERNELS: dict[str, PairKernels] = {}  # by the key of the user's compiled kernel
 
 
-def offset_kernel(attn: CompiledAttention) -> OffsetKernel:
-    """The compiled offset variant of ``attn`` (positions.py), compiled once per process."""
+def pair_kernels(attn: CompiledAttention) -> PairKernels:
+    """The kernels context-parallel calls of ``attn`` run: its offset variant (positions.py)
+    and the fast paths (fast_paths.py), compiled once per process."""
     found = _KERNELS.get(attn.key)
     if found is None:
         rewrite = offset_variant(attn.variant)
-        found = _KERNELS[attn.key] = OffsetKernel(compile_variant(rewrite.variant), rewrite)
+        offset = OffsetKernel(compile_variant(rewrite.variant), rewrite, attn.variant)
+        found = _KERNELS[attn.key] = PairKernels.build(offset)
     return found
 
 
@@ -103,7 +106,8 @@ def context_parallel_attention(attn: Union[CompiledAttention, Variant], q: torch
     if p.Lq != p.Lkv:
         raise ValueError(f"context_parallel_attention is self-attention: q and k must hold the same positions, got "
                          f"Lq={p.Lq}, Lkv={p.Lkv}")
-    kernel = offset_kernel(attn)
+    kernels = pair_kernels(attn)
+    kernel = kernels.offset
     rewrite = kernel.rewrite
     neighborhood = rewrite.neighborhood is not None
     mode = mode or ("halo" if neighborhood else "ring")
@@ -118,11 +122,11 @@ def context_parallel_attention(attn: Union[CompiledAttention, Variant], q: torch
     if mode == "ulysses":
         check_heads(p.HQ, p.HKV, group_info.size)
     if neighborhood:
-        out, lse = _grid_call(kernel, attn, layout, group_info, mode, scale, config, deterministic, traffic,
+        out, lse = _grid_call(kernels, attn, layout, group_info, mode, scale, config, deterministic, traffic,
                               q, k, v, user)
     else:
         head_offset = group_info.rank * (p.HQ // group_info.size) if mode == "ulysses" else 0
-        setup = Setup(kernel, AttentionCall(scale, None, config, True, True, deterministic), layout, group_info,
+        setup = Setup(kernels, AttentionCall(scale, None, config, True, True, deterministic), layout, group_info,
                       traffic, head_offset)
         out, lse = SEQUENCE_MODES[mode].apply(setup, q, k, v, *user)
     if sinks is not None:
@@ -131,13 +135,14 @@ def context_parallel_attention(attn: Union[CompiledAttention, Variant], q: torch
     return (out, lse) if return_lse else out
 
 
-def _grid_call(kernel: OffsetKernel, attn: CompiledAttention, grid: GridLayout, group: Group, mode: str, scale,
+def _grid_call(kernels: PairKernels, attn: CompiledAttention, grid: GridLayout, group: Group, mode: str, scale,
                config, deterministic: bool, traffic: Traffic | None, q, k, v, user: list[torch.Tensor]):
     """Neighborhood variants: the halo exchange, or Ulysses over the whole grid."""
+    kernel = kernels.offset
     na = kernel.rewrite.neighborhood
     if mode == "ulysses":
         call = AttentionCall(scale, grid.spatial_shape, config, True, True, deterministic)
-        setup = Setup(kernel, call, grid.sequence, group, traffic, group.rank * (q.shape[1] // group.size))
+        setup = Setup(kernels, call, grid.sequence, group, traffic, group.rank * (q.shape[1] // group.size))
         return UlyssesAttention.apply(setup, q, k, v, *user)
     split = split_neighborhood(attn.variant.mask)
     if split is None or not split[2]:
@@ -148,4 +153,4 @@ def _grid_call(kernel: OffsetKernel, attn: CompiledAttention, grid: GridLayout, 
     return HaloAttention.apply(HaloSetup(kernel, call, grid, plan, group, traffic), q, k, v, *user)
 
 
-__all__ = ["GRID_MODES", "SEQUENCE_MODES", "context_parallel_attention", "offset_kernel"]
+__all__ = ["GRID_MODES", "SEQUENCE_MODES", "context_parallel_attention", "pair_kernels"]

@@ -21,6 +21,7 @@ from collections import OrderedDict
 import torch
 
 from ..ir.kernel import TILES
+from ..ir.nodes import Variant
 from ..runtime.attention import CompiledAttention
 from ..runtime.config import KernelConfig
 from ..runtime.validate import Problem
@@ -31,12 +32,14 @@ _CAPACITY = 1024  # geometries per kernel: a rank of an 8-way ring meets at most
 
 
 class OffsetKernel(CompiledAttention):
-    """A compiled offset variant (see the module's docstring). ``user_names``: the tensors a
-    call passes besides the offsets and the keys' document ids, in the kernel's order."""
+    """A compiled offset variant (see the module's docstring) of the variant ``original``.
+    ``user_names``: the tensors a call passes besides the offsets and the keys' document ids,
+    in the kernel's order."""
 
-    def __init__(self, base: CompiledAttention, rewrite: OffsetVariant) -> None:
+    def __init__(self, base: CompiledAttention, rewrite: OffsetVariant, original: Variant) -> None:
         super().__init__(base.variant, base.ir, base.path, base.key, base.from_cache)
         self.rewrite = rewrite
+        self.original = original
         self.user_names = tuple(n for n in self._names if n not in (POSITIONS, KV_DOCUMENT_IDS))
         self.reads_kv_documents = KV_DOCUMENT_IDS in self._names
         self._closed_form = self.ir.strategy == TILES and rewrite.exact

@@ -18,6 +18,7 @@ from ..runtime.attention import AttentionCall
 from .chunk_kernel import OffsetKernel
 from .chunk_plan import PairGeometry
 from .comm import Group, Traffic
+from .fast_paths import PairKernels
 from .layout import Chunk, SequenceLayout
 from .merge import accumulator
 from .positions import DOCUMENT_IDS
@@ -29,12 +30,16 @@ Piece = tuple[Chunk, slice]  # a chunk of the sequence and where it lies in a lo
 class Setup:
     """What a context-parallel call fixes besides its tensors."""
 
-    kernel: OffsetKernel
+    kernels: PairKernels
     call: AttentionCall
     layout: SequenceLayout
     group: Group
     traffic: Traffic | None
     head_offset: int = 0
+
+    @property
+    def kernel(self) -> OffsetKernel:
+        return self.kernels.offset
 
     @property
     def softmax(self) -> bool:
@@ -53,14 +58,17 @@ def live_pairs(setup: Setup, queries: Sequence[Piece], keys: Sequence[Piece]
                 yield index, rows, cols, geometry
 
 
-def _bound(setup: Setup, user: dict[str, torch.Tensor], rows: slice, cols: slice, geometry: PairGeometry,
-           kv_documents: torch.Tensor | None, device: torch.device) -> dict[str, torch.Tensor]:
-    """The pair's tensors: the query chunk's own document ids, the key chunk's beside them."""
+def _pair_call(setup: Setup, user: dict[str, torch.Tensor], rows: slice, cols: slice, geometry: PairGeometry,
+               kv_documents: torch.Tensor | None, device: torch.device):
+    """The kernel that runs the pair (fast_paths.py) and the tensors it reads: the query
+    chunk's own document ids, the key chunk's beside them, the pair's offsets."""
     if DOCUMENT_IDS in user:
         user = dict(user)
         user[DOCUMENT_IDS] = user[DOCUMENT_IDS][:, rows]
     keys_ids = kv_documents[:, cols] if kv_documents is not None else None
-    return setup.kernel.bind_pair(user, geometry, device, keys_ids)
+    kernel = setup.kernels.choose(geometry)
+    bound = setup.kernel.bind_pair(user, geometry, device, keys_ids)
+    return kernel, {n: t for n, t in bound.items() if n in kernel._names}
 
 
 def new_accumulators(setup: Setup, q: torch.Tensor, dv: int, queries: Sequence[Piece]) -> list:
@@ -72,8 +80,8 @@ def forward_block(setup: Setup, q: torch.Tensor, queries: Sequence[Piece], accum
                   user: dict[str, torch.Tensor]) -> None:
     """Merge every live pair of ``queries`` x ``keys`` into the query chunks' accumulators."""
     for index, rows, cols, geometry in live_pairs(setup, queries, keys):
-        bound = _bound(setup, user, rows, cols, geometry, kv_documents, q.device)
-        out, lse = setup.kernel.forward_impl(setup.call, q[:, :, rows], k[:, :, cols], v[:, :, cols], bound)
+        kernel, bound = _pair_call(setup, user, rows, cols, geometry, kv_documents, q.device)
+        out, lse = kernel.forward_impl(setup.call, q[:, :, rows], k[:, :, cols], v[:, :, cols], bound)
         accumulators[index].add(out, lse)
 
 
@@ -119,11 +127,11 @@ def backward_block(setup: Setup, saved: tuple, queries: Sequence[Piece], k: torc
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     softmax = setup.softmax
     for _, rows, cols, geometry in live_pairs(setup, queries, keys):
-        bound = _bound(setup, user, rows, cols, geometry, kv_documents, q.device)
-        pair_dq, pair_dk, pair_dv, tensor_grads = setup.kernel.backward_impl(
+        kernel, bound = _pair_call(setup, user, rows, cols, geometry, kv_documents, q.device)
+        pair_dq, pair_dk, pair_dv, tensor_grads = kernel.backward_impl(
             setup.call, q[:, :, rows], k[:, :, cols], v[:, :, cols], out[:, :, rows],
             lse[:, :, rows] if softmax else None, None if dout is None else dout[:, :, rows],
-            None if dlse is None else dlse[:, :, rows], bound, grads.learnable)
+            None if dlse is None else dlse[:, :, rows], bound, tuple(n for n in grads.learnable if n in bound))
         grads.dq[:, :, rows] += pair_dq
         dk[:, :, cols] += pair_dk
         dv[:, :, cols] += pair_dv

@@ -61,7 +61,9 @@ class OffsetVariant:
     global ``Lq``/``Lkv``), None when nothing narrower than all keys is known. ``exact``: the
     mask is exactly that band (each row keeps one span of keys). ``sink``: the original adds
     ``sinks`` to every row's denominator. ``softmax``: False for sigmoid. ``neighborhood``:
-    the original's neighborhood geometry, if any."""
+    the original's neighborhood geometry, if any. ``local_score``: the original's score after
+    its -inf conditions moved into the mask, unshifted (fast_paths.py runs it on pairs where
+    positions change nothing), None without a score_mod."""
 
     variant: Variant
     band: Band | None
@@ -69,6 +71,7 @@ class OffsetVariant:
     sink: bool
     softmax: bool
     neighborhood: Neighborhood | None
+    local_score: sympy.Basic | None = None
 
 
 def _offsets() -> dict[sympy.Symbol, sympy.Basic]:
@@ -148,7 +151,8 @@ def offset_variant(variant: Variant) -> OffsetVariant:
         norm = Softmax(False)
     score_mod = None if score is None else ScoreMod.build(score, f"{ir.score_name or 'score'}_cp", captured)
     rewritten = Variant(score=score_mod, mask=mask, norm=norm, name=f"{name}_cp")
-    return OffsetVariant(rewritten, band, exact and band is not None, sink, isinstance(norm, Softmax), neighborhood)
+    return OffsetVariant(rewritten, band, exact and band is not None, sink, isinstance(norm, Softmax), neighborhood,
+                         ir.score)
 
 
 __all__ = ["DOCUMENT_IDS", "GLOBAL_LKV", "GLOBAL_LQ", "HEAD_OFFSET", "KV_DOCUMENT_IDS", "KV_OFFSET", "OffsetVariant",
