@@ -5,7 +5,7 @@ module is the deterministic alternative (``attn(..., deterministic=True)``) and 
 fallback for a derivative the kernel printer cannot emit. Per chunk of query rows it
 rebuilds the scores from q and k, evaluates the score_mod with torch (the reference's
 evaluator) on tensors that require grad, forms dS' = P * (dP - delta) from the forward's
-lse, and lets autograd push dS' into the tensors. Memory: a (B, H, chunk, Lkv) block at a
+lse (sigmoid: dS' = dP * P * (1 - P), no lse), and lets autograd push dS' into the tensors. Memory: a (B, H, chunk, Lkv) block at a
 time, in float64.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..ir.expr import B, H, KV_IDX, LKV, LQ, Q_IDX, SCORE
-from ..ir.nodes import Variant
+from ..ir.nodes import Sigmoid, Variant
 from ..reference import SPATIAL, evaluate, mask_matrix
 
 CHUNK_BYTES = 256 << 20  # one float64 (B, H, chunk, Lkv) block
@@ -51,11 +51,15 @@ def score_tensor_grads(variant: Variant, names: list[str], q: torch.Tensor, k: t
     group = HQ // k.shape[1]
     kd = k.detach().double().repeat_interleave(group, dim=1)
     vd = v.detach().double().repeat_interleave(group, dim=1)
-    delta = (dout.double() * out.double()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.double()
-    # rows with no attended key: p = exp(s - inf) = 0
-    lse_safe = torch.where(torch.isneginf(lse), math.inf, lse.double())
+    sigmoid_bias = None
+    if isinstance(variant.norm, Sigmoid):  # no lse; SEMANTICS.md: bias None means -ln(Lkv)
+        sigmoid_bias = -math.log(Lkv) if variant.norm.bias is None else float(variant.norm.bias)
+    else:
+        delta = (dout.double() * out.double()).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.double()
+        # rows with no attended key: p = exp(s - inf) = 0
+        lse_safe = torch.where(torch.isneginf(lse), math.inf, lse.double())
     dev = q.device
     chunk = max(1, CHUNK_BYTES // (8 * Bsz * HQ * max(Lkv, 1)))
     totals = {n: torch.zeros(t.shape, dtype=torch.float64, device=dev) for n, t in leaves.items()}
@@ -69,10 +73,16 @@ def score_tensor_grads(variant: Variant, names: list[str], q: torch.Tensor, k: t
         with torch.enable_grad():
             scored = torch.as_tensor(evaluate(variant.score.expr, env, bound), dtype=torch.float64, device=dev)
             scored = scored.expand(s.shape)
+            if not scored.requires_grad:  # the tensors are read only in conditions: zero derivative
+                continue
             keep = torch.as_tensor(mask_matrix(variant.mask, env, tensors), device=dev)
-            p = torch.where(keep, torch.exp(scored.detach() - lse_safe[:, :, rows, None]), 0.0)
             dp = dout[:, :, rows].double() @ vd.transpose(-1, -2)
-            dsp = p * (dp - delta[:, :, rows, None])
+            if sigmoid_bias is not None:  # p = sigmoid(s' + bias), no row normalization: dS' = dP p (1 - p)
+                p = torch.where(keep, torch.sigmoid(scored.detach() + sigmoid_bias), 0.0)
+                dsp = dp * p * (1 - p)
+            else:
+                p = torch.where(keep, torch.exp(scored.detach() - lse_safe[:, :, rows, None]), 0.0)
+                dsp = p * (dp - delta[:, :, rows, None])
             with _deterministic():
                 parts = torch.autograd.grad(scored, list(leaves.values()), grad_outputs=dsp, allow_unused=True)
         for n, g in zip(leaves, parts):
