@@ -13,7 +13,8 @@ import torch
 
 from .comm import all_gather_along, reduce_scatter_along
 from .layout import Chunk
-from .pairs import Gradients, Setup, backward_block, forward_block, merged, new_accumulators
+from .pairs import (Gradients, Setup, backward_block, finish_forward, forward_block, merged, new_accumulators,
+                    saved_for_backward)
 from .positions import DOCUMENT_IDS
 
 
@@ -44,22 +45,14 @@ class AllGatherAttention(torch.autograd.Function):
         accumulators = new_accumulators(setup, q, v.shape[3], queries)
         forward_block(setup, q, queries, accumulators, full_k, full_v, _whole(setup), full_documents, user)
         out, lse = merged(accumulators, q.dtype)
-        ctx.setup = setup
-        ctx.save_for_backward(q, k, v, out, lse, *user_values)
-        ctx.set_materialize_grads(False)
-        if not setup.softmax:
-            ctx.mark_non_differentiable(lse)
-        return out, lse
+        return finish_forward(ctx, setup, out, lse, q, k, v, out, lse, *user_values)
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        setup: Setup = ctx.setup
-        q, k, v, out, lse, *user_values = ctx.saved_tensors
+        setup, (q, k, v, out, lse), user, wanted = saved_for_backward(ctx)
         names = setup.kernel.user_names
-        user = dict(zip(names, user_values))
-        learnable = tuple(n for n, need in zip(names, ctx.needs_input_grad[4:]) if need)
         full_k, full_v, full_documents = _gathered_keys(setup, k, v, user.get(DOCUMENT_IDS))
-        grads = Gradients.zeros(q, learnable)
+        grads = Gradients.zeros(q, wanted)
         saved = (q, out, lse, torch.zeros_like(out) if dout is None else dout, dlse if setup.softmax else None)
         queries = setup.layout.local_slices(setup.group.rank)
         dk, dv = backward_block(setup, saved, queries, full_k, full_v, _whole(setup), full_documents, user, grads)

@@ -39,7 +39,7 @@ from .layout import SequenceLayout, split_evenly
 
 def _window_rows(axis: Axis, x: int) -> tuple[int, int, int]:
     """(first row, last row, leader row) of row x's window on this axis; rows step by d."""
-    d, s, k = axis.dilation, axis.stride, axis.kernel
+    d, s = axis.dilation, axis.stride
     g, xg = x % d, x // d
     length = axis.group_length(g)
     lo, hi = axis.window(xg, length)

@@ -22,6 +22,7 @@ from .chunk_kernel import OffsetKernel
 from .chunk_plan import PairGeometry
 from .comm import Exchange, Group, Traffic
 from .halo import GridLayout, HaloPlan
+from .pairs import finish_forward, learnable
 from .positions import DOCUMENT_IDS
 
 
@@ -115,12 +116,9 @@ class HaloAttention(torch.autograd.Function):
         softmax = kernel.rewrite.softmax
         out = _own(setup, out_slab, 2).contiguous()
         lse = _own(setup, lse_slab, 2).contiguous() if softmax else out.new_empty((0,), dtype=torch.float32)
-        ctx.setup, ctx.user_names = setup, tuple(user)
-        ctx.save_for_backward(q, k_slab, v_slab, out_slab, lse_slab if softmax else None, *user.values())
-        ctx.set_materialize_grads(False)
-        if not softmax:
-            ctx.mark_non_differentiable(lse)
-        return out, lse
+        ctx.user_names = tuple(user)
+        return finish_forward(ctx, setup, out, lse, q, k_slab, v_slab, out_slab, lse_slab if softmax else None,
+                              *user.values())
 
     @staticmethod
     def backward(ctx, dout, dlse):
@@ -128,7 +126,7 @@ class HaloAttention(torch.autograd.Function):
         kernel = setup.kernel
         q, k_slab, v_slab, out_slab, lse_slab, *user_values = ctx.saved_tensors
         user = dict(zip(ctx.user_names, user_values))
-        learnable = tuple(n for n, need in zip(kernel.user_names, ctx.needs_input_grad[4:]) if need)
+        wanted = learnable(ctx, kernel.user_names)
         q_slab = _slab_of(setup, q, 2, {})
         dout_slab = torch.zeros_like(out_slab)
         if dout is not None:
@@ -139,7 +137,7 @@ class HaloAttention(torch.autograd.Function):
             _own(setup, dlse_slab, 2).copy_(dlse)
         bound = kernel.bind_pair(user, setup.geometry, q.device, user.get(DOCUMENT_IDS))
         dq, dk, dv, grads = kernel.backward_impl(setup.call, q_slab, k_slab, v_slab, out_slab, lse_slab, dout_slab,
-                                                 dlse_slab, bound, learnable)
+                                                 dlse_slab, bound, wanted)
         dk, dv = dk.float(), dv.float()
         returned = _exchange(setup, [(dk, 2), (dv, 2)], True, q.device)
         rs = setup.grid.row_size

@@ -139,5 +139,30 @@ def backward_block(setup: Setup, saved: tuple, queries: Sequence[Piece], k: torc
     return dk, dv
 
 
-__all__ = ["Gradients", "Piece", "Setup", "backward_block", "forward_block", "live_pairs", "merged",
+def finish_forward(ctx, setup, out: torch.Tensor, lse: torch.Tensor, *saved) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every sharded autograd Function's forward ends with: keep ``saved`` and the
+    setup for the backward; sigmoid's (empty) lse takes no gradient."""
+    ctx.setup = setup
+    ctx.save_for_backward(*saved)
+    ctx.set_materialize_grads(False)
+    if not setup.kernel.rewrite.softmax:
+        ctx.mark_non_differentiable(lse)
+    return out, lse
+
+
+def saved_for_backward(ctx) -> tuple[Setup, list[torch.Tensor], dict[str, torch.Tensor], tuple[str, ...]]:
+    """(setup, [q, k, v, out, lse], runtime tensors by name, those that want a gradient) of a
+    forward that saved q, k, v, out, lse and the runtime tensors in the kernel's order."""
+    setup = ctx.setup
+    q, k, v, out, lse, *user_values = ctx.saved_tensors
+    names = setup.kernel.user_names
+    return setup, [q, k, v, out, lse], dict(zip(names, user_values)), learnable(ctx, names)
+
+
+def learnable(ctx, names: Sequence[str]) -> tuple[str, ...]:
+    """The runtime tensors (inputs after setup, q, k, v) whose gradients are asked for."""
+    return tuple(n for n, need in zip(names, ctx.needs_input_grad[4:]) if need)
+
+
+__all__ = ["Gradients", "Piece", "Setup", "backward_block", "finish_forward", "forward_block", "learnable", "live_pairs", "merged", "saved_for_backward",
            "new_accumulators"]

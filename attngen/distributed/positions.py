@@ -36,7 +36,7 @@ import sympy
 
 from ..ir.expr import H, KV_IDX, LKV, LQ, Q_IDX, SCORE, tensor_read
 from ..ir.kernel import Band, KernelIR
-from ..ir.nodes import (AndMask, Document, Mask, MaskMod, Neighborhood, NotMask, OrMask, ScoreMod, Sigmoid, Softmax,
+from ..ir.nodes import (AndMask, Mask, MaskMod, Neighborhood, NotMask, OrMask, ScoreMod, Sigmoid, Softmax,
                         Variant)
 from ..passes.errors import UnsupportedVariant
 from ..passes.geometry import recognize_geometry

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from .comm import Exchange
-from .pairs import Gradients, Setup, backward_block, forward_block, merged, new_accumulators
+from .pairs import (Gradients, Setup, backward_block, finish_forward, forward_block, merged, new_accumulators,
+                    saved_for_backward)
 from .positions import DOCUMENT_IDS
 
 
@@ -63,20 +64,12 @@ class RingAttention(torch.autograd.Function):
             if pending is not None:
                 block = pending.wait()
         out, lse = merged(accumulators, q.dtype)
-        ctx.setup = setup
-        ctx.save_for_backward(q, k, v, out, lse, *user_values)
-        ctx.set_materialize_grads(False)
-        if not setup.softmax:
-            ctx.mark_non_differentiable(lse)
-        return out, lse
+        return finish_forward(ctx, setup, out, lse, q, k, v, out, lse, *user_values)
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        setup: Setup = ctx.setup
-        q, k, v, out, lse, *user_values = ctx.saved_tensors
+        setup, (q, k, v, out, lse), user, wanted = saved_for_backward(ctx)
         names = setup.kernel.user_names
-        user = dict(zip(names, user_values))
-        learnable = tuple(n for n, need in zip(names, ctx.needs_input_grad[4:]) if need)
         if dout is None:
             dout = torch.zeros_like(out)
         group, layout = setup.group, setup.layout
@@ -84,7 +77,7 @@ class RingAttention(torch.autograd.Function):
         documents = user.get(DOCUMENT_IDS)
         queries = layout.local_slices(rank)
         saved = (q, out, lse, dout, dlse if setup.softmax else None)
-        grads = Gradients.zeros(q, learnable)
+        grads = Gradients.zeros(q, wanted)
         kv_exchange = Exchange(group, setup.traffic, "ring")
         grad_exchange = Exchange(group, setup.traffic, "ring")
         block = [k, v] + ([documents] if documents is not None else [])

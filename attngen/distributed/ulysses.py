@@ -18,7 +18,8 @@ import torch
 from .allgather import gather_sequence
 from .comm import all_to_all_along
 from .layout import Chunk
-from .pairs import Gradients, Setup, backward_block, forward_block, merged, new_accumulators
+from .pairs import (Gradients, Setup, backward_block, finish_forward, forward_block, learnable, merged,
+                    new_accumulators)
 from .positions import DOCUMENT_IDS
 
 
@@ -59,13 +60,8 @@ class UlyssesAttention(torch.autograd.Function):
         out_h, lse_h = merged(accumulators, q.dtype)
         out = sequence_to_heads(setup, out_h)
         lse = sequence_to_heads(setup, lse_h) if setup.softmax else lse_h
-        ctx.setup = setup
         ctx.user_names = tuple(user)
-        ctx.save_for_backward(qh, kh, vh, out_h, lse_h, *user.values())
-        ctx.set_materialize_grads(False)
-        if not setup.softmax:
-            ctx.mark_non_differentiable(lse)
-        return out, lse
+        return finish_forward(ctx, setup, out, lse, qh, kh, vh, out_h, lse_h, *user.values())
 
     @staticmethod
     def backward(ctx, dout, dlse):
@@ -73,11 +69,11 @@ class UlyssesAttention(torch.autograd.Function):
         qh, kh, vh, out_h, lse_h, *user_values = ctx.saved_tensors
         names = setup.kernel.user_names
         user = dict(zip(ctx.user_names, user_values))
-        learnable = tuple(n for n, need in zip(names, ctx.needs_input_grad[4:]) if need)
+        wanted = learnable(ctx, names)
         dout_h = torch.zeros_like(out_h) if dout is None else heads_to_sequence(setup, dout)
         dlse_h = heads_to_sequence(setup, dlse) if dlse is not None and setup.softmax else None
         whole = ((Chunk(0, setup.layout.length), slice(0, setup.layout.length)),)
-        grads = Gradients.zeros(qh, learnable)
+        grads = Gradients.zeros(qh, wanted)
         dk, dv = backward_block(setup, (qh, out_h, lse_h, dout_h, dlse_h), whole, kh, vh, whole,
                                 user.get(DOCUMENT_IDS), user, grads)
         dq, dk, dv = (sequence_to_heads(setup, g.to(qh.dtype)) for g in (grads.dq, dk, dv))
