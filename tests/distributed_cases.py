@@ -208,16 +208,21 @@ def _owned(rows: tuple, rank: int) -> set[int]:
 
 def check_neighborhood(rank: int, group, *, shape: tuple, kernel, dilation=1, stride=1, causal=False,
                        rows: tuple | None = None, mode: str = "halo", sinks: bool = False, documents: bool = False,
-                       B: int = 1, H: int = 2, D: int = 16, seed: int = 0) -> None:
+                       positions: bool = False, B: int = 1, H: int = 2, D: int = 16, seed: int = 0) -> None:
     """A neighborhood variant sharded by rows: out, lse, gradients, and (halo mode) the bytes
-    sent, which must be the reached rows of other ranks and nothing more."""
+    sent, which must be the reached rows of other ranks and nothing more. ``positions``: also
+    a causal mask and ALiBi (learned slopes), which read global positions on the slab."""
     world = dist.get_world_size(group)
     mask = ag.neighborhood(kernel, dilation, stride, causal)
     if documents:
         mask = mask & ag.document()
-    var = ag.Variant(mask=mask, norm=ag.softmax(sink=sinks))
+    if positions:
+        mask = mask & ag.causal()
+    var = ag.Variant(score=alibi if positions else None, mask=mask, norm=ag.softmax(sink=sinks))
     L = math.prod(shape)
     makers = {}
+    if positions:
+        makers["slopes"] = lambda B, H, L, g: torch.rand(H, generator=g) * 0.3
     if sinks:
         makers["sinks"] = lambda B, H, L, g: torch.randn(H, generator=g)
     if documents:
@@ -225,7 +230,8 @@ def check_neighborhood(rank: int, group, *, shape: tuple, kernel, dilation=1, st
     q, k, v, tensors, w_out, w_lse = _inputs(B, H, H, L, D, makers, seed)
     grid = agd.GridLayout(shape, world, rows)
     shard = (lambda x, dim=2: agd.shard(x, grid, rank, dim))
-    leaves = {n: t.clone().requires_grad_(n == "sinks") for n, t in tensors.items()}
+    learned = {"sinks", "slopes"} & set(tensors)
+    leaves = {n: t.clone().requires_grad_(n in learned) for n, t in tensors.items()}
     local_tensors = {n: shard(t, 1) if n in SHARDED else t for n, t in leaves.items()}
     ql, kl, vl = (shard(x).clone().requires_grad_() for x in (q, k, v))
     traffic = agd.Traffic()
@@ -235,15 +241,15 @@ def check_neighborhood(rank: int, group, *, shape: tuple, kernel, dilation=1, st
     ((out * shard(w_out)).sum() + (lse * shard(w_lse)).sum()).backward()
 
     qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
-    ref_leaves = {n: t.double().requires_grad_() if n == "sinks" else t for n, t in tensors.items()}
+    ref_leaves = {n: t.double().requires_grad_() if n in learned else t for n, t in tensors.items()}
     ref_out, ref_lse = ag.reference(var)(qr, kr, vr, return_lse=True, spatial_shape=shape, **ref_leaves)
     ((ref_out * w_out.double()).sum() + (ref_lse * w_lse.double()).sum()).backward()
     _close("out", out, shard(ref_out.detach()))
     _close("lse", lse, shard(ref_lse.detach()))
     for name, got, want in (("dq", ql.grad, qr.grad), ("dk", kl.grad, kr.grad), ("dv", vl.grad, vr.grad)):
         _close(name, got, shard(want), 1e-4)
-    if sinks:
-        _close("dsinks", _all_reduce(leaves["sinks"].grad, group), ref_leaves["sinks"].grad, 1e-4)
+    for name in learned:
+        _close(f"d{name}", _all_reduce(leaves[name].grad, group), ref_leaves[name].grad, 1e-4)
     if mode == "halo":  # forward: the rows of ours that others' windows reach; backward: their gradients
         geometry = (shape, kernel, dilation, stride, causal, grid.rows)
         sent = sum(len(_reached(*geometry, r) & _owned(grid.rows, rank)) for r in range(world) if r != rank)

@@ -76,6 +76,7 @@ def _check_layout(layout: object, p: Problem, group: Group, neighborhood: bool, 
                          f"Lkv={p.Lkv}; shard q, k, v with the layout (layout.shard / shard_grid)")
 
 
+@torch.compiler.disable  # collectives and host-side plans: a graph breaks here and runs it eagerly
 def context_parallel_attention(attn: Union[CompiledAttention, Variant], q: torch.Tensor, k: torch.Tensor,
                                v: torch.Tensor, *, layout: Union[SequenceLayout, GridLayout],
                                group: dist.ProcessGroup | None = None, mode: str | None = None,

@@ -80,25 +80,28 @@ class Pending:
         return self._received
 
 
+_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}  # one communication stream per GPU, made once
+
+
+def _side_stream(device: torch.device):
+    if device.type != "cuda":
+        return None
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    return _STREAMS[device]
+
+
 class Exchange:
     """Point-to-point exchanges of one group, issued from a side stream on CUDA."""
 
     def __init__(self, group: Group, traffic: Traffic | None, kind: str) -> None:
         self.group, self.traffic, self.kind = group, traffic, kind
-        self._streams: dict[torch.device, torch.cuda.Stream] = {}
-
-    def _stream(self, device: torch.device):
-        if device.type != "cuda":
-            return None
-        if device not in self._streams:
-            self._streams[device] = torch.cuda.Stream(device)
-        return self._streams[device]
 
     def post(self, sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, tuple, torch.dtype]],
              device: torch.device) -> Pending:
         """Send each (peer, tensor) and receive each (peer, shape, dtype), peers being ranks of
         the group. Tensors to one peer are matched in order (tags number them)."""
-        stream = self._stream(device)
+        stream = _side_stream(device)
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(device))  # what we send was written there
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
