@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # through runtime/validate.py, and the deterministic tensor gradients reuse the oracle
     ("runtime", ("attngen.runtime", "attngen.reference", "attngen.testing")),
     ("autotune", ("attngen.autotune",)),
+    # everything else is API, attngen.distributed included: it compiles the variants it
+    # rewrites through compiler.py, and only `import attngen.distributed` loads it
 ]
 API = "api"
 ORDER = [name for name, _ in LAYERS] + [API]
