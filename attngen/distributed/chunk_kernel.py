@@ -46,14 +46,21 @@ class OffsetKernel(CompiledAttention):
         self._offsets: OrderedDict[tuple, tuple[torch.Tensor, PairGeometry]] = OrderedDict()
         self._by_tensor: dict[int, PairGeometry] = {}
         self._plans: OrderedDict[tuple, object] = OrderedDict()
+        self._pairs: dict[PairGeometry, PairBand] = {}
 
     def __repr__(self) -> str:
         band = self.rewrite.band.text() if self.rewrite.band is not None else "none"
         return f"OffsetKernel({self.ir.name!r}, band={band}, exact={self.rewrite.exact})"
 
     def pair(self, geometry: PairGeometry) -> PairBand:
-        """The pair's band in local coordinates (``empty`` / ``full`` decide launches)."""
-        return PairBand.of(self.rewrite.band, geometry)
+        """The pair's band in local coordinates (``empty`` / ``full`` decide launches);
+        memoized: every ring step asks it of every pair, and the bounds go through sympy."""
+        found = self._pairs.get(geometry)
+        if found is None:
+            if len(self._pairs) >= _CAPACITY:
+                self._pairs.clear()
+            found = self._pairs[geometry] = PairBand.of(self.rewrite.band, geometry)
+        return found
 
     def offsets(self, geometry: PairGeometry, device: torch.device) -> torch.Tensor:
         """The pair's ``cp_positions`` tensor (made once per geometry and device)."""

@@ -19,6 +19,7 @@ every tile without mask code.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sympy
@@ -87,7 +88,7 @@ class PairBand:
         """A query row's position in the key chunk's frame, minus its own index."""
         return self.geometry.q_offset - self.geometry.kv_offset
 
-    @property
+    @functools.cached_property
     def empty(self) -> bool:
         """No row keeps any key of the chunk."""
         g, s = self.geometry, self.shift
@@ -97,7 +98,7 @@ class PairBand:
         above = self.lo is not None and s + self.lo > g.kv_len - 1          # the first row's first key is after it
         return below or above
 
-    @property
+    @functools.cached_property
     def full(self) -> bool:
         """Every row keeps every key of the chunk."""
         g, s = self.geometry, self.shift
