@@ -20,6 +20,8 @@ S, N = dc.check_sequence, dc.check_neighborhood
 CASES = [
     # sequence layouts: ring, all-gather and Ulysses over masks, score_mods, sinks, sigmoid
     Case("ring-causal-balanced-w2", S, 2, dict(variant="causal", mode="ring", balanced=True, L=32)),
+    Case("ring-causal-sinks-float16-balanced-w2", S, 2, dict(variant="causal_sinks", mode="ring", balanced=True,
+                                                             L=30, dtype="float16")),
     Case("ring-alibi-sinks-w2", S, 2, dict(variant="alibi_causal_sinks", mode="ring", balanced=False, L=30)),
     Case("allgather-documents-balanced-w2", S, 2, dict(variant="doc_causal", mode="allgather", balanced=True,
                                                        B=2, L=30)),
