@@ -5,8 +5,8 @@ forked OpenMP pools), which join one gloo group on a free local port and make su
 the first 2 and 3 ranks, so that one spawn serves world sizes 2, 3 and 4. Every process walks
 the same list of cases; a case runs on the ranks of its group (the others skip it) and each
 of them reports "ok" or its failure. The parent collects the reports, and a case that does
-not report before the deadline (a hang: gloo's own timeout is short, so a rank stuck in a
-collective raises) is reported as such; the children are then terminated by their ids.
+not report before the deadline (a hang: gloo's own timeout, 2 minutes, makes a rank stuck in
+a collective raise) is reported as such; the children are then terminated by their ids.
 
 A case is ``Case(name, fn, world, params)``: ``fn(rank, group, **params)`` is a function
 of a module the children can import (``distributed_cases``); it raises AssertionError on a
@@ -45,7 +45,7 @@ def _worker(rank: int, world: int, port: int, cases: list[Case], results) -> Non
 
     torch.set_num_threads(1)  # processes share two cores; intra-op threads would oversubscribe them
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=120))
     groups = {n: dist.new_group(list(range(n))) for n in range(2, world)}
     groups[world] = dist.group.WORLD
     try:
