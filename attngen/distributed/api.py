@@ -73,7 +73,7 @@ def _check_layout(layout: object, p: Problem, group: Group, neighborhood: bool, 
     local = sequence.local_length(group.rank)
     if p.Lq != local or p.Lkv != local:
         raise ValueError(f"rank {group.rank} holds {local} positions in this layout, but q has Lq={p.Lq} and k has "
-                         f"Lkv={p.Lkv}; shard q, k, v with the layout (layout.shard / shard_grid)")
+                         f"Lkv={p.Lkv}; shard q, k, v with the layout (agd.shard(x, layout))")
 
 
 @torch.compiler.disable  # collectives and host-side plans: a graph breaks here and runs it eagerly
@@ -96,7 +96,7 @@ def context_parallel_attention(attn: Union[CompiledAttention, Variant], q: torch
     Gradients reach q, k, v (this rank's shards) and runtime tensors that require grad; a
     tensor every rank passes whole (sinks, slopes) gets this rank's contribution, to be
     summed over the group as data-parallel gradients are. ``traffic``: a comm.Traffic that
-    counts the bytes this rank sends.
+    counts the bytes this rank sends (``agd.Traffic()``).
     """
     attn = _compiled(attn)
     group_info = Group.of(group)
