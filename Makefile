@@ -13,4 +13,4 @@ demo: setup
 	$(PYTHON) examples/quickstart.py
 
 test: setup
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n auto tests  # one worker per core (pytest-xdist)
