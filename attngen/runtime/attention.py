@@ -12,13 +12,14 @@ from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from . import ops
 from .autograd import AttentionFunction, BackwardSetup, run_backward
-from .compiled import CompiledKernel, device_guard, in_graph
+from .compiled import CompiledKernel, device_guard
 from .config import KernelConfig, choose_config
 from .decode import decode as _decode
 from .decode_config import DecodeConfig
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
-from .validate import Problem, check_call_options, check_out, check_qkv, check_runtime_tensors, check_scale, resolve_spatial
+from .validate import (Problem, check_call_options, check_out, check_qkv, check_runtime_tensors, check_scale, in_graph,
+                       resolve_spatial)
 
 
 def _mask_tensor_names(ir: KernelIR) -> frozenset[str]:

@@ -16,12 +16,6 @@ from .cache import entry_dir
 from .loader import interpreter_active, load_module
 
 
-def in_graph(*tensors: torch.Tensor) -> bool:
-    """Whether this call is being traced into a graph (torch.compile, torch.export, or
-    make_fx-style tracing with tensor subclasses), where the launch must be a custom op."""
-    return torch.compiler.is_compiling() or any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
-
-
 _NO_SWITCH = contextlib.nullcontext()
 
 

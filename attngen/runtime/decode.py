@@ -21,11 +21,11 @@ from ..codegen.render_decode import decode_unsupported
 from ..ir.expr import Q_IDX
 from ..ir.kernel import DENSE, KernelIR
 from ..passes.normalization import ONLINE_SOFTMAX
-from .compiled import device_guard, in_graph
+from .compiled import device_guard
 from .decode_checks import cache_sizes, check_cache_call, check_cache_contents, device_reads_allowed
 from .decode_config import DecodeConfig, check_num_splits, choose_decode_config
 from .ops import _define, decode_config as parse_config, encode_config, kernel_for
-from .validate import check_runtime_tensors, check_scale
+from .validate import check_runtime_tensors, check_scale, in_graph
 
 
 _READS_QUERY_POSITIONS: dict[str, bool] = {}  # by kernel key: a sympy walk is too slow for every step

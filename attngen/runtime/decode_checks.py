@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import DTYPES, MAX_HEAD_DIM, MAX_OFFSET, MIN_HEAD_DIM, Problem, _span, _tensor
+from .validate import DTYPES, Problem, _tensor, check_head_dims, check_slice_offsets
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,6 @@ class CacheProblem:
         cache's positions (``document_ids`` is (B, capacity))."""
         return Problem(self.B, self.HQ, self.HKV, self.capacity, self.capacity, self.D, self.DV, self.dtype,
                        self.device)
-
-
-def _check_offsets(t: torch.Tensor, name: str, dims: range, what: str) -> None:
-    span = _span(t, dims)
-    if span > MAX_OFFSET:
-        raise ValueError(f"{name}: offsets inside {what} reach {span} (shape {tuple(t.shape)}, strides {t.stride()}), "
-                         f"past 2**31 - 1; the kernels index it with 32-bit offsets: pass {name}.contiguous()")
 
 
 def _index_tensor(x: object, name: str, layout: str, batch: int, device: torch.device, q_name: str) -> torch.Tensor:
@@ -105,7 +98,7 @@ def check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: obje
         if seq_lens is None:
             raise TypeError("seq_lens is required with block_table: the (B,) int32 number of tokens of each sequence")
         for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-            _check_offsets(t, name, range(1, 4), "one page")
+            check_slice_offsets(t, name, range(1, 4), "one page")
     else:
         num_pages, page_size = 0, 0
         HKV, capacity = k_cache.shape[1], k_cache.shape[2]
@@ -115,7 +108,7 @@ def check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: obje
         if tuple(v_cache.shape[1:3]) != (HKV, capacity):
             raise ValueError(f"v_cache's (Hkv, Lmax) {tuple(v_cache.shape[1:3])} differ from k_cache's {(HKV, capacity)}")
         for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-            _check_offsets(t, name, range(2, 4), "one (batch, head) slice")
+            check_slice_offsets(t, name, range(2, 4), "one (batch, head) slice")
     if seq_lens is not None:
         _index_tensor(seq_lens, "seq_lens", "(B,)", B, q.device, q_name)
     if q_name == "k_new" and HQ != HKV:
@@ -125,10 +118,8 @@ def check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: obje
     if k_cache.shape[3] != D:
         raise ValueError(f"k_cache's head dim ({k_cache.shape[3]}) must equal {q_name}'s ({D})")
     DV = v_cache.shape[3]
-    for name, val in (("q/k head dim D", D), ("v head dim Dv", DV)):
-        if not MIN_HEAD_DIM <= val <= MAX_HEAD_DIM:
-            raise ValueError(f"{name} is {val}; supported: {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
-    _check_offsets(q, q_name, range(1, 4), "one batch entry")
+    check_head_dims(D, DV)
+    check_slice_offsets(q, q_name, range(1, 4), "one batch entry")
     return CacheProblem(B, HQ, HKV, Lq, D, DV, capacity, page_size, num_pages, q.dtype, q.device)
 
 

@@ -17,8 +17,8 @@ import triton
 from ..ir.kernel import BAND, KernelIR
 from ..ir.nodes import Variant
 from . import ops
-from .compiled import CompiledKernel, device_guard, in_graph
-from .validate import Problem, check_out, check_qkv, check_runtime_tensors
+from .compiled import CompiledKernel, device_guard
+from .validate import Problem, check_out, check_qkv, check_runtime_tensors, in_graph
 
 
 def _pow2(n: int) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from . import linear_state_ops  # noqa: F401 - defines attngen::linear_prefill and attngen::linear_step
-from .compiled import device_guard, in_graph
+from .compiled import device_guard
 from .linear_state import LinearState, check_call, check_state, prefill_impl, step_impl
 from .ops import encode_config
+from .validate import in_graph
 
 
 def prefill(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, state: LinearState | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .compiled import in_graph
+from .validate import in_graph
 from .decode_checks import CacheProblem, cache_sizes, check_cache_call, check_cache_contents, device_reads_allowed
 from .ops import _define
 from .validate import _tensor

@@ -36,6 +36,12 @@ class Problem:
     device: torch.device
 
 
+def in_graph(*tensors: torch.Tensor) -> bool:
+    """Whether this call is being traced into a graph (torch.compile, torch.export, or
+    make_fx-style tracing with tensor subclasses), where the launch must be a custom op."""
+    return torch.compiler.is_compiling() or any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+
+
 def _tensor(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -47,13 +53,21 @@ def _span(t: torch.Tensor, dims: range) -> int:
     return sum((t.shape[d] - 1) * abs(t.stride(d)) for d in dims if t.shape[d] > 0)
 
 
-def check_slice_offsets(t: torch.Tensor, name: str) -> None:
-    """A (B, H, L, D) tensor whose (L, D) slice the kernels can index with 32-bit offsets."""
-    span = _span(t, range(2, 4))
+def check_slice_offsets(t: torch.Tensor, name: str, dims: range = range(2, 4),
+                        what: str = "one (batch, head) slice") -> None:
+    """A tensor whose ``dims`` (a (B, H, L, D) tensor's (L, D) slice by default) the kernels
+    can index with 32-bit offsets."""
+    span = _span(t, dims)
     if span > MAX_OFFSET:
-        raise ValueError(f"{name}: offsets inside one (batch, head) slice reach {span} (shape {tuple(t.shape)}, "
-                         f"strides {t.stride()}), past 2**31 - 1; the kernels index a slice with 32-bit "
-                         f"offsets: pass {name}.contiguous() (the sequence stride becomes D)")
+        raise ValueError(f"{name}: offsets inside {what} reach {span} (shape {tuple(t.shape)}, "
+                         f"strides {t.stride()}), past 2**31 - 1; the kernels index it with 32-bit "
+                         f"offsets: pass {name}.contiguous()")
+
+
+def check_head_dims(D: int, DV: int) -> None:
+    for name, val in (("q/k head dim D", D), ("v head dim Dv", DV)):
+        if not MIN_HEAD_DIM <= val <= MAX_HEAD_DIM:
+            raise ValueError(f"{name} is {val}; supported: {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
 
 
 def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> Problem:
@@ -87,9 +101,7 @@ def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> P
     if k.shape[3] != D:
         raise ValueError(f"k's head dim ({k.shape[3]}) must equal q's ({D})")
     DV = v.shape[3]
-    for name, val in (("q/k head dim D", D), ("v head dim Dv", DV)):
-        if not MIN_HEAD_DIM <= val <= MAX_HEAD_DIM:
-            raise ValueError(f"{name} is {val}; supported: {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+    check_head_dims(D, DV)
     if not allow_float64:  # the reference materializes in torch: no 32-bit offsets there
         for name, t in (("q", q), ("k", k), ("v", v)):
             check_slice_offsets(t, name)
@@ -177,9 +189,7 @@ def check_out(out: object, p: Problem, inputs: tuple[torch.Tensor, ...] = ()) ->
         raise ValueError(f"out must have shape (B, Hq, Lq, Dv) = {(p.B, p.HQ, p.Lq, p.DV)}, got {tuple(out.shape)}")
     if out.dtype != p.dtype or out.device != p.device:
         raise TypeError(f"out must be {p.dtype} on {p.device}, got {out.dtype} on {out.device}")
-    real = not torch.compiler.is_compiling() and all(type(t) in (torch.Tensor, torch.nn.Parameter)
-                                                     for t in (out, *inputs))
-    if real and out.data_ptr() in {t.data_ptr() for t in inputs}:  # it would overwrite rows still to be read
+    if not in_graph(out, *inputs) and out.data_ptr() in {t.data_ptr() for t in inputs}:  # it would overwrite rows still to be read
         raise ValueError("out must not share memory with q, k or v (it is written while they are read)")
     check_slice_offsets(out, "out")
     return out

@@ -6,7 +6,7 @@ import torch
 
 from . import varlen_ops  # noqa: F401 - defines attngen::varlen_attention
 from .attention import AttentionCall
-from .compiled import in_graph
+from .validate import in_graph
 from .config import KernelConfig
 from .ops import encode_config
 from .validate import Problem, check_call_options, check_qkv, check_runtime_tensors, check_scale
