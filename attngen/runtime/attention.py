@@ -211,6 +211,8 @@ class CompiledAttention(CompiledKernel):
         if call is None:
             call = AttentionCall(scale, ops.decode_spatial(spatial_shape) or None,
                                  ops.decode_config(config, KernelConfig), store_lse, return_lse, deterministic)
+            if len(self._calls) >= 64:  # a scale that changes every call: keep the memo bounded
+                self._calls.clear()
             self._calls[key] = call
         return call
 
