@@ -165,3 +165,17 @@ def test_no_cycle_between_modules():
 @pytest.mark.parametrize("edge", sorted(KNOWN_VIOLATIONS) + sorted(DELEGATIONS), ids=lambda e: f"{e[0]}->{e[1]}")
 def test_known_violations_still_exist(edge):
     assert import_graph().has_edge(*edge), f"{edge[0]} no longer imports {edge[1]}: delete its entry"
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists packages by name: a subpackage missing there imports from a
+    checkout but not from an installed wheel (attngen.distributed once was)."""
+    import tomllib
+
+    config = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(init.parent.relative_to(PACKAGE_DIR.parent).parts)
+        for init in PACKAGE_DIR.rglob("__init__.py")
+    }
+    assert on_disk - listed == set(), f"add these to [tool.setuptools] packages: {sorted(on_disk - listed)}"
