@@ -163,6 +163,10 @@ def test_under_torch_compile_without_graph_break_or_recompile():
     assert torch._dynamo.explain(attend)(q, k, v, bm).graph_break_count == 0
 
 
+@pytest.mark.xfail(torch.__version__ < "2.13", strict=False,
+                   reason="Dynamo before torch 2.13 hands attngen the nested function's closure, whose cells it then "
+                          "fails to turn into constants (InternalTorchDynamoError: ClosureConversionError); "
+                          "docs/limits.md")
 def test_mod_created_inside_the_compiled_function():
     """A mod closing over a graph value has no Python object while compiling: the call
     runs outside the graph (right answer), and fullgraph=True names the reason."""

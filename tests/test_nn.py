@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import attngen as ag
 import attngen.nn as agnn
 from attngen.testing import relative_error
-from helpers import tolerance
+from helpers import DEVICE, tolerance
 import neighborhood_oracle
 
 
@@ -95,7 +95,7 @@ def test_attention_gqa_shapes_and_views():
     m = Recording(64, 4, 1, variant=ag.Variant(mask=ag.causal(), name="nn_causal"), bias=False)
     assert m.qkv.weight.shape == ((4 + 2 * 1) * 16, 64) and m.qkv.bias is None and m.proj.bias is None
     with torch.no_grad():
-        out = m(torch.randn(3, 16, 64))
+        out = m(torch.randn(3, 16, 64, device=DEVICE))
     assert out.shape == (3, 16, 64)
     assert seen["q"].shape == (3, 4, 16, 16) and seen["k"].shape == seen["v"].shape == (3, 1, 16, 16)
     storage = {t.untyped_storage().data_ptr() for t in seen.values()}
@@ -125,7 +125,7 @@ def test_neighborhood_matches_masked_softmax(cls, spatial, geometry, device):
     with torch.no_grad():
         out = m(x)
     assert out.shape == x.shape
-    assert relative_error(out, _neighborhood_reference(m.cpu(), x.cpu())) < tolerance(torch.float32)
+    assert relative_error(out.cpu(), _neighborhood_reference(m.cpu(), x.cpu())) < tolerance(torch.float32)
 
 
 def test_neighborhood_is_na2d_with_projections(device):
@@ -142,16 +142,17 @@ def test_neighborhood_is_na2d_with_projections(device):
 
 def _round_trip(make, x: torch.Tensor) -> tuple[dict, torch.nn.Module]:
     torch.manual_seed(1)
-    saved = make()
+    saved = make().to(DEVICE)
     with torch.no_grad():
         for p in saved.parameters():
             p.add_(torch.randn_like(p))  # away from any initialization
     buffer = io.BytesIO()
     torch.save(saved.state_dict(), buffer)
     torch.manual_seed(2)
-    loaded = make()
+    loaded = make().to(DEVICE)
     buffer.seek(0)
     loaded.load_state_dict(torch.load(buffer))
+    x = x.to(DEVICE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), saved(x), rtol=0, atol=0)
     return saved.state_dict(), loaded

@@ -221,7 +221,7 @@ class TileCache:
         self.builds = 0
 
     def get(self, module, tensors: dict[str, torch.Tensor], B: int, HQ: int, Lq: int, Lkv: int, config,
-            device: torch.device, axes: tuple | None = None) -> TileLists:
+            device: torch.device, axes: tuple | None = None, cache: bool = True) -> TileLists:
         depends = module.TILES_DEPEND_ON
         bm = B if "b" in depends else 1
         hm = HQ if "h" in depends else 1
@@ -230,7 +230,8 @@ class TileCache:
         # While a CUDA graph is captured, the classification must be part of the graph: a
         # replay reads new values from the same tensors, which a cached list would not see.
         capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        hit = None if capturing else self._entries.get(key)
+        keep = cache and not capturing
+        hit = self._entries.get(key) if keep else None
         if hit is not None and all(ref() is tensors[n] for n, ref in hit[0]):
             self._entries.move_to_end(key)
             return hit[1]
@@ -240,7 +241,7 @@ class TileCache:
         module.launch_classify_tiles(tiles, tensors, Lq, Lkv, config)
         tiles.find_runs()
         self.builds += 1
-        if capturing:
+        if not keep:
             return tiles
         refs = [(n, weakref.ref(t)) for n, t in sorted(tensors.items())]
         self._entries[key] = (refs, tiles)

@@ -105,12 +105,13 @@ class VarlenKernel(CompiledAttention):
         bound.update({CU_SEQLENS_Q: cu_q, CU_SEQLENS_K: cu_k, SEQ_IDS_Q: batch.seq_q})
         return bound
 
-    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None) -> VarlenTileLists:
+    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None,
+                   cache: bool = True) -> VarlenTileLists:
         """The closed-form plan for this batch at ``config``'s tiles (kept with the batch). A
         call through ``attn(q, k, v, ...)`` on the packed views without the offsets (not what
         ag.varlen_attention does) gets the generic classifier, which evaluates the whole mask."""
         if CU_SEQLENS_Q not in bound:
-            return super().tile_lists(p, bound, config, axes)
+            return super().tile_lists(p, bound, config, axes, cache)
         cu_q, cu_k = bound[CU_SEQLENS_Q], bound[CU_SEQLENS_K]
         batch = self.batch(cu_q, cu_k, p.Lq, p.Lkv)
         heads = p.HQ if self._per_head else 1
