@@ -23,9 +23,12 @@ BACKWARD_FLOP_FACTOR = 3.5  # PEERS.md: forward+backward counts 3.5x the forward
 ATTNGEN = "attngen"
 SDPA = ("sdpa_flash", "sdpa_cudnn")
 BASE_TITLES = {"attngen": "attngen", "flex": "FlexAttention", "sdpa_flash": "SDPA flash", "sdpa_cudnn": "SDPA cuDNN",
-               "fla": "fla chunk_simple_gla", "attngen_softmax": "attngen softmax"}
+               "fla": "fla chunk_simple_gla", "attngen_softmax": "attngen softmax", "attngen_tl": "attngen tl"}
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 STANDARD_COLUMNS = ("attngen", "flex", "sdpa_flash", "sdpa_cudnn")
+# families whose forward has a Gluon (sm90) kernel: "attngen" is what a call selects (Gluon
+# where the shipped defaults say it wins), "attngen tl" the triton.language kernel forced
+GLUON_COLUMNS = ("attngen", "attngen_tl", "flex", "sdpa_flash", "sdpa_cudnn")
 
 
 # --------------------------------------------------------------------------- families
@@ -49,6 +52,13 @@ class Target:
 AT_LEAST_FLEX = Target(">= Flex", 1.0, ("flex",))
 FLEX_1_1 = Target(">= 1.1x Flex", 1.1, ("flex",))
 CUDNN_0_85_FWD = Target(">= 0.85x cuDNN fwd", 0.85, ("sdpa_cudnn",), ("fwd",))
+# issue 27 (Hopper-native kernels), at B=2 H=16 L=8192 D=128
+GLUON_DENSE_FWD = Target(">= 1.05x cuDNN fwd (issue 27)", 1.05, ("sdpa_cudnn",), ("fwd",), ("dense_L8192_D128",))
+GLUON_CAUSAL_FWD = Target(">= 1.0x cuDNN fwd (issue 27)", 1.0, ("sdpa_cudnn",), ("fwd",), ("causal_L8192_D128",))
+GLUON_FWDBWD = Target(">= 1.0x cuDNN and 1.2x Flex fwd+bwd (issue 27)", 1.0, ("sdpa_cudnn",), ("fwdbwd",),
+                      ("dense_L8192_D128", "causal_L8192_D128"))
+GLUON_FWDBWD_FLEX = Target(">= 1.2x Flex fwd+bwd (issue 27)", 1.2, ("flex",), ("fwdbwd",),
+                           ("dense_L8192_D128", "causal_L8192_D128"))
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,15 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "dense": Family("Dense", "dense", targets=(FLEX_1_1, CUDNN_0_85_FWD)),
-    "causal": Family("Causal", "causal", targets=(FLEX_1_1, CUDNN_0_85_FWD)),
-    "window": Family("Sliding window (causal)", "sliding window",
+    "dense": Family("Dense", "dense", columns=GLUON_COLUMNS,
+                    targets=(FLEX_1_1, CUDNN_0_85_FWD, GLUON_DENSE_FWD, GLUON_FWDBWD, GLUON_FWDBWD_FLEX)),
+    "causal": Family("Causal", "causal", columns=GLUON_COLUMNS,
+                     targets=(FLEX_1_1, CUDNN_0_85_FWD, GLUON_CAUSAL_FWD, GLUON_FWDBWD, GLUON_FWDBWD_FLEX)),
+    "window": Family("Sliding window (causal)", "sliding window", columns=GLUON_COLUMNS,
                      note="SDPA has no sliding-window kernel: its columns stay empty."),
     "document": Family("Document masking (causal packed documents)", "documents",
                        note="Document ids are a runtime tensor (attngen) and a mask_mod reading it (Flex)."),
-    "score_mods": Family("Score mods (ALiBi, tanh soft-capping at 30; causal)", "score_mod (ALiBi)",
+    "score_mods": Family("Score mods (ALiBi, tanh soft-capping at 30; causal)", "score_mod (ALiBi)", columns=GLUON_COLUMNS,
                          note="ALiBi slopes are a runtime tensor that does not require grad, for attngen and Flex "
                               "alike: fwd+bwd computes dq, dk, dv only (Flex's gradient of a captured tensor ran "
                               "out of memory at this shape in bench_backward.py)."),

@@ -2,7 +2,10 @@
 # The GPU runs, one command per results family (benchmarks/results/README.md). Run from the
 # repository root on the GPU machine; results go to $OUT (the device tool's folder, fetched
 # back) or, without it, to the family's folder benchmarks/results/FAMILY/.
-#   bash benchmarks/gpu_session.sh tests [FILES]        the test suite (or FILES) on CUDA -> gpu_tests/
+#   bash benchmarks/gpu_session.sh tests [FILES]        the test suite (or FILES) on CUDA -> gpu_tests/; the
+#                                                       files whose large tensors fill the GPU run serially after
+#   bash benchmarks/gpu_session.sh tests_gluon [FILES]  the forward's tests again with ATTNGEN_DIALECT=gluon (the
+#                                                       Gluon forward wherever a call can take it) -> gpu_tests/
 #   bash benchmarks/gpu_session.sh compare [ARGS]       compare.py: every family against every peer
 #   bash benchmarks/gpu_session.sh forward [ARGS]       the quickstart, then bench_forward.py
 #   bash benchmarks/gpu_session.sh backward [ARGS]      bench_backward.py (forward+backward against Flex)
@@ -26,12 +29,13 @@ case "$stage" in
   norms) stage=normalizations ;;
 esac
 family=$stage
-[ "$stage" = tests ] && family=gpu_tests
+case "$stage" in tests|tests_gluon) family=gpu_tests ;; esac
 out=${OUT:-benchmarks/results/$family}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export ATTNGEN_CACHE_DIR=${ATTNGEN_CACHE_DIR:-/tmp/attngen-cache}
-log="$out/$family.log"
+log="$out/$stage.log"
+[ "$stage" = tests ] && log="$out/$family.log"
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
@@ -40,9 +44,24 @@ log="$out/$family.log"
 } 2>&1 | tee "$log"
 case "$stage" in
   tests)
-    # one worker per few CPU cores: Triton compiles are the bottleneck, not the GPU
+    # one worker per few CPU cores: Triton compiles are the bottleneck, not the GPU; the tensors of more than
+    # 2**31 elements take 12-30 GiB each, so their file runs alone after the rest
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-    ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers "${@:-tests}" 2>&1 | tee -a "$log"
+    if [ $# -eq 0 ]; then
+      ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests \
+        --deselect tests/test_large_tensors.py 2>&1 | tee -a "$log"
+      ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_large_tensors.py 2>&1 | tee -a "$log"
+    else
+      ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers "$@" 2>&1 | tee -a "$log"
+    fi
+    ;;
+  tests_gluon)
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+    files=("$@")
+    [ ${#files[@]} -eq 0 ] && files=(tests/test_gluon.py tests/test_masks.py tests/test_runtime_tensors.py
+      tests/test_shapes_layouts.py tests/test_normalizations.py tests/test_numerics.py tests/test_graphs.py)
+    ATTNGEN_DIALECT=gluon ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers "${files[@]}" \
+      2>&1 | tee -a "$log"
     ;;
   compare)
     python3 benchmarks/compare.py --out "$out" "$@" 2>&1 | tee -a "$log"
@@ -93,7 +112,7 @@ case "$stage" in
     python3 benchmarks/bench_serving.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
   *)
-    echo "unknown stage '$stage' (tests, compare, forward, backward, neighborhood, linear, normalizations," \
+    echo "unknown stage '$stage' (tests, tests_gluon, compare, forward, backward, neighborhood, linear, normalizations," \
          "compile, autotune, head_dims, training or serving)" >&2
     exit 2
     ;;

@@ -12,7 +12,10 @@ get every 8-warp candidate with its full-tile loop warp-specialized
 pass fails on 4 warps). Triton 3.6 offers two more Hopper options, tensor-descriptor (TMA)
 loads and persistent programs; neither beat the pointer loads and one program per tile on the H100
 (benchmarks/NOTES.md: TMA loads under Forward and Backward, persistent block-sparse
-programs under Neighborhoods), so the generated kernels do not have them.
+programs under Neighborhoods), so the generated kernels do not have them. Where the Gluon forward can run (dense and band
+masks, softmax, an sm90 GPU: ``SpaceShape.gluon``), its configs join the grid: 128-row
+tiles over two consumer warpgroups, 64- or 128-key tiles, a K/V ring of 2 or 3 slots
+(``KernelConfig(dialect="gluon")``).
 
 Pruning rules (each one names why in ``Pruned.reason``):
 
@@ -30,6 +33,11 @@ Pruning rules (each one names why in ``Pruned.reason``):
   with a margin (REG_MARGIN) for Q fragments, pointers and the softmax statistics;
   beyond it Triton spills (NOTES.md: 4 warps on 128x128 tiles at D=128 were the worst
   config, 256 registers by this count).
+- Gluon configs: shared memory is the Q tile, ``stages`` K and V slots and no padding
+  (``128 * D + stages * BLOCK_N * (D + Dv)`` elements); registers per consumer thread are
+  the accumulator, two score tiles (the next one's product runs during this one's softmax)
+  and P, over 128 threads: ``(64 * Dv + 2 * 64 * BLOCK_N) / 128 + 64 * BLOCK_N / 256``,
+  against the 240 the consumer warpgroups are given.
 - problem size: a tile more than the next power of two above Lq (block_m) or Lkv (block_n)
   only computes padding; for neighborhoods, a box wider than an axis likewise.
 
@@ -56,6 +64,9 @@ WARPS = (4, 8)
 STAGES = (1, 2, 3, 4)
 REG_MARGIN = 0.8  # share of the 255 registers the two fp32 tiles may take
 BOXES_PER_BLOCK = 2  # neighborhood: the best box pairs kept per (block_m, block_n)
+GLUON_BLOCK_N = (64, 128)
+GLUON_STAGES = (2, 3)
+GLUON_CONSUMER_REGS = 240  # what templates/attention_fwd_gluon.py.j2 gives each consumer warpgroup
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class SpaceShape:
     axes: tuple[Axis, ...] | None = None  # neighborhood variants
     halves: bool = False  # the kernel has the two-halves forward
     warp_specialize: bool = False  # the kernel's full-tile loop can be warp-specialized, on this GPU
+    gluon: bool = False  # the variant has the Gluon forward and this GPU runs it (runtime/gluon.py)
 
 
 def _pad(d: int) -> int:
@@ -86,6 +98,8 @@ def _pad(d: int) -> int:
 def smem_bytes(c: KernelConfig, s: SpaceShape) -> int:
     """Shared memory the forward kernel needs at ``c`` (module docstring)."""
     size = torch.tensor([], dtype=s.dtype).element_size()
+    if c.dialect == "gluon":
+        return (c.block_m * s.d + c.num_stages * c.block_n * (s.d + s.dv)) * size
     bd, bdv = _pad(s.d), _pad(s.dv)
     total = c.num_stages * c.block_n * (bd + bdv) * size + c.block_m * bd * size
     if s.tile_reads:
@@ -95,6 +109,8 @@ def smem_bytes(c: KernelConfig, s: SpaceShape) -> int:
 
 def regs_per_thread(c: KernelConfig, s: SpaceShape) -> float:
     """fp32 accumulator + score tile registers per thread (module docstring)."""
+    if c.dialect == "gluon":  # per consumer warpgroup: 64 rows over 128 threads
+        return (64 * s.dv + 2 * 64 * c.block_n) / 128 + 64 * c.block_n / 256
     return (c.block_m * _pad(s.dv) + c.block_m * c.block_n) / (c.num_warps * 32)
 
 
@@ -104,7 +120,10 @@ def prune_reason(c: KernelConfig, s: SpaceShape, limits: DeviceLimits) -> str | 
     if smem > limits.smem_bytes:
         return f"shared memory {smem} > {limits.smem_bytes} bytes"
     regs = regs_per_thread(c, s)
-    if regs > REG_MARGIN * limits.regs_per_thread:
+    if c.dialect == "gluon":
+        if regs > GLUON_CONSUMER_REGS:
+            return f"registers {regs:.0f}/thread > the {GLUON_CONSUMER_REGS} a consumer warpgroup has"
+    elif regs > REG_MARGIN * limits.regs_per_thread:
         return f"registers {regs:.0f}/thread > {REG_MARGIN:.0%} of {limits.regs_per_thread}"
     if s.axes is None:
         if c.block_m > _pad(s.lq):
@@ -140,6 +159,8 @@ def grid(s: SpaceShape, blocks=BLOCKS, warps=WARPS, stages=STAGES) -> list[Kerne
             out.append(KernelConfig(bm, bn, w, st, halves=True))
     if s.warp_specialize:  # each 8-warp candidate followed by its twin, so a time budget cuts both alike
         out = [w for c in out for w in ((c, replace(c, warp_specialize=True)) if c.num_warps == 8 else (c,))]
+    if s.gluon:
+        out += [KernelConfig(128, bn, 4, st, dialect="gluon") for bn, st in itertools.product(GLUON_BLOCK_N, GLUON_STAGES)]
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 
 from ..ir.kernel import NEIGHBORHOOD
 from ..runtime.config import KernelConfig
+from ..runtime.gluon import gluon_possible
 from ..runtime.neighborhood import plan as plan_neighborhood
 from ..runtime.validate import Problem, resolve_spatial
 from ..testing import synthesize_tensors
@@ -157,8 +158,11 @@ def tune(attn, shape: TuneShape, device: torch.device | str = "cuda", *, budget_
     # warp specialization needs Hopper's asynchronous copies and barriers (sm90+)
     warp_specialize = attn._has_warp_specialize and device.type == "cuda" \
         and torch.cuda.get_device_capability(device)[0] >= 9
+    # the Gluon forward: its plans, an sm90 GPU, and head dims TMA and wgmma take
+    gluon = gluon_possible(attn.ir, device) and shape.dtype != torch.float32 \
+        and all(d % 16 == 0 and d <= 256 for d in (shape.d, dv))
     space = SpaceShape(shape.lq, shape.lkv, shape.d, dv, shape.dtype, attn._tile_reads, axes, attn._has_halves,
-                       warp_specialize)
+                       warp_specialize, gluon)
     grid_args = {k: v for k, v in (("blocks", blocks), ("warps", warps), ("stages", stages)) if v is not None}
     candidates, pruned = search_space(space, limits, heuristic, **grid_args)
 

@@ -13,9 +13,10 @@ from ..ir.nodes import Variant
 from . import ops
 from .autograd import AttentionFunction, BackwardSetup, run_backward
 from .compiled import CompiledKernel, device_guard
-from .config import KernelConfig, choose_config
+from .config import DIALECTS, KernelConfig, choose_config
 from .decode import decode as _decode
 from .decode_config import DecodeConfig
+from .gluon import default_gluon_config, gluon_possible, gluon_reason, load_gluon_module
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
 from .validate import (Problem, check_call_options, check_out, check_qkv, check_runtime_tensors, check_scale, in_graph,
@@ -70,6 +71,10 @@ class AttentionCall:
     store_lse: bool = False
     return_lse: bool = False
     deterministic: bool = False
+    # keep tile classifications in the variant's TileCache: eager calls do; calls from a
+    # compiled graph's ops do not, since a graph's memory (a CUDA graph's pool) must not be
+    # held by the cache between its replays, and a graph's tensors are new each step anyway
+    cache_tiles: bool = True
 
 
 class CompiledAttention(CompiledKernel):
@@ -91,6 +96,7 @@ class CompiledAttention(CompiledKernel):
         self._fitted: dict[tuple, tuple[KernelConfig, str]] = {}
         self._calls: dict[tuple, AttentionCall] = {}  # call_settings' memo
         self._problems: dict[tuple, tuple] = {}  # _problem's memo
+        self._gluon_module = None
         self.last_config: KernelConfig | None = None  # what the latest call launched with
         # where it came from: "explicit" (config=), "record" (user tuning record), "shipped"
         # (autotune/<gpu>.json) or "heuristic" (choose_config)
@@ -114,15 +120,17 @@ class CompiledAttention(CompiledKernel):
             raise TypeError(f"spatial_shape is only taken by neighborhood variants; '{self.ir.name}' has none")
         return p, sm_scale, bound, axes
 
-    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None):
+    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None,
+                   cache: bool = True):
         """What the kernel walks besides the KV range: the classifier's full/partial tile
-        lists (cached), the neighborhood's box plan, or None."""
+        lists (cached unless ``cache`` is False), the neighborhood's box plan, or None."""
         if self.ir.strategy == NEIGHBORHOOD:
             return plan_neighborhood(axes, config.block_m, config.block_n, config.q_box, config.kv_box)
         if self.ir.strategy != TILES:
             return None
         mask_tensors = {n: t for n, t in bound.items() if n in self._mask_tensors}
-        return self._tiles.get(self.module(p.device), mask_tensors, p.B, p.HQ, p.Lq, p.Lkv, config, p.device, axes)
+        return self._tiles.get(self.module(p.device), mask_tensors, p.B, p.HQ, p.Lq, p.Lkv, config, p.device, axes,
+                               cache=cache)
 
     def captured_tensors(self) -> dict[str, torch.Tensor]:
         """The captured tensors a call reads (bound to live objects: in-place updates are seen)."""
@@ -150,12 +158,14 @@ class CompiledAttention(CompiledKernel):
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                  return_lse: bool = False, config: KernelConfig | None = None,
                  spatial_shape: tuple[int, ...] | None = None, out: torch.Tensor | None = None,
-                 deterministic: bool | None = None, **tensors: torch.Tensor):
+                 deterministic: bool | None = None, dialect: str | None = None, **tensors: torch.Tensor):
         """Attention over q (B, Hq, Lq, D), k (B, Hkv, Lkv, D), v (B, Hkv, Lkv, Dv).
 
         ``spatial_shape``: the grid of a neighborhood variant. ``out``: where to write the
         output (B, Hq, Lq, Dv), any strides (``ag.na2d`` passes a view of NATTEN's layout).
         ``config``: a fixed launch configuration instead of the heuristic.
+        ``dialect``: "gluon" forces the Hopper forward (ValueError saying why when this call
+        cannot take it), "tl" the ``triton.language`` one; None selects (``select_config``).
         ``deterministic``: compute gradients of score tensors without atomics (slower;
         default: ``torch.are_deterministic_algorithms_enabled()``). q, k, v gradients are
         always deterministic.
@@ -165,13 +175,16 @@ class CompiledAttention(CompiledKernel):
         without the dispatcher.
         """
         return self._run(self._captured, q, k, v, scale=scale, return_lse=return_lse, config=config,
-                         spatial_shape=spatial_shape, out=out, deterministic=deterministic, **tensors)
+                         spatial_shape=spatial_shape, out=out, deterministic=deterministic, dialect=dialect,
+                         **tensors)
 
     def _run(self, captured: dict[str, torch.Tensor], q, k, v, *, scale=None, return_lse=False, config=None,
-             spatial_shape=None, out=None, deterministic=None, **tensors):
+             spatial_shape=None, out=None, deterministic=None, dialect=None, **tensors):
         p, _, bound, axes = self.prepare(q, k, v, scale, spatial_shape, captured, **tensors)
         deterministic = check_call_options(return_lse, config, deterministic, self.ir.algorithm, self.ir.name,
                                            KernelConfig)
+        if dialect is not None:
+            config = self._dialect_config(dialect, config, p, axes, q, k, v, out)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *bound.values()))
         if needs_grad and not self._has_backward:
             raise NotImplementedError(f"variant '{self.ir.name}': no backward kernel could be generated for its "
@@ -190,6 +203,37 @@ class CompiledAttention(CompiledKernel):
         else:
             out, lse = self.forward_impl(call, q, k, v, bound, out=out)
         return (out, lse) if return_lse else out
+
+    def _dialect_config(self, dialect: object, config: KernelConfig | None, p: Problem, axes, q, k, v,
+                        out) -> KernelConfig:
+        """The config a call with ``dialect=`` launches: ``config`` when given (it must name
+        the same dialect), else the dialect's default for this problem."""
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS} or None, got {dialect!r}")
+        if config is not None:
+            if config.dialect != dialect:
+                raise ValueError(f"dialect={dialect!r} but config.dialect is {config.dialect!r}")
+            return config
+        if dialect == "gluon":
+            reason = gluon_reason(self.ir, q, k, v, out)
+            if reason is not None:
+                raise ValueError(f"dialect='gluon': {reason}")
+            return default_gluon_config(p.D, p.DV)
+        config = self._fitted_config(p, axes)[0]
+        return config if config.dialect == "tl" else self.heuristic_config(p, axes)
+
+    def gluon_module(self):
+        """The Gluon (sm90) forward module, rendered on first use (runtime/gluon.py)."""
+        if self._gluon_module is None:
+            self._gluon_module = load_gluon_module(self.ir, self.key)
+        return self._gluon_module
+
+    @property
+    def gluon_source(self) -> str:
+        """The generated Gluon forward (sm90) of this variant; ValueError when its plan has none."""
+        from ..codegen.render_gluon import render_gluon  # only asked for by people reading it
+
+        return render_gluon(self.ir)
 
     def _through_ops(self, call: AttentionCall, q, k, v, bound: dict[str, torch.Tensor], out):
         """The call as the custom op a graph records (torch.compile, torch.export)."""
@@ -210,7 +254,8 @@ class CompiledAttention(CompiledKernel):
         call = self._calls.get(key)
         if call is None:
             call = AttentionCall(scale, ops.decode_spatial(spatial_shape) or None,
-                                 ops.decode_config(config, KernelConfig), store_lse, return_lse, deterministic)
+                                 ops.decode_config(config, KernelConfig), store_lse, return_lse, deterministic,
+                                 cache_tiles=False)
             if len(self._calls) >= 64:  # a scale that changes every call: keep the memo bounded
                 self._calls.clear()
             self._calls[key] = call
@@ -250,11 +295,17 @@ class CompiledAttention(CompiledKernel):
         self.poison(out, lse)
         with device_guard(p.device):
             if call.config is not None:  # the caller's choice: no fallback
+                if call.config.dialect == "gluon":
+                    reason = gluon_reason(self.ir, q, k, v, out)
+                    if reason is not None:
+                        raise ValueError(f"config.dialect='gluon': {reason}")
+                    module = self.gluon_module()
                 module.launch_forward(q, k, v, out, lse, sm_scale, bound,
-                                      self.tile_lists(p, bound, call.config, axes), call.config)
+                                      self.tile_lists(p, bound, call.config, axes, call.cache_tiles), call.config)
                 self.last_config, self.last_config_source = call.config, "explicit"
             else:
-                self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes)
+                self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes,
+                                                              call.cache_tiles)
         return out, lse
 
     def backward_impl(self, call: AttentionCall, q, k, v, out, lse, dout, dlse, bound: dict[str, torch.Tensor],
@@ -263,13 +314,14 @@ class CompiledAttention(CompiledKernel):
         p, sm_scale, axes = self._problem(call, q, k, v)
         module = self.module(p.device)
         setup = self._backward_setup(module, p, sm_scale, bound, axes, learnable, call.deterministic,
-                                     call.spatial_shape)
+                                     call.spatial_shape, call.cache_tiles)
         forward_config = call.config if call.config is not None else self._fitted_config(p, axes)[0]
         with device_guard(p.device):
             return run_backward(setup, forward_config, q, k, v, out, lse, dout, dlse)
 
     def _backward_setup(self, module, p: Problem, sm_scale: float, bound: dict[str, torch.Tensor], axes,
-                        learnable: tuple[str, ...], deterministic: bool, spatial_shape) -> BackwardSetup:
+                        learnable: tuple[str, ...], deterministic: bool, spatial_shape,
+                        cache_tiles: bool = True) -> BackwardSetup:
         computed = set(module.HOST_GRAD_TENSORS) if deterministic else set(module.GRAD_TENSORS)
         in_kernel = frozenset(learnable) & computed
 
@@ -279,7 +331,8 @@ class CompiledAttention(CompiledKernel):
                 return (plan_neighborhood(axes, kv_cfg.block_m, kv_cfg.block_n),
                         plan_neighborhood(axes, q_cfg.block_m, q_cfg.block_n))
             if self.ir.strategy == TILES:
-                return self.tile_lists(p, bound, kv_cfg, axes).transposed(), self.tile_lists(p, bound, q_cfg, axes)
+                return (self.tile_lists(p, bound, kv_cfg, axes, cache_tiles).transposed(),
+                        self.tile_lists(p, bound, q_cfg, axes, cache_tiles))
             return None, None
 
         def tensor_grads_in_torch(names, q, k, v, out, lse, dout, dlse):
@@ -298,7 +351,7 @@ class CompiledAttention(CompiledKernel):
 
         def small_tiles(forward_config: KernelConfig) -> bool:
             if self.ir.strategy == TILES:  # the forward's classification, cached by now
-                return not self.tile_lists(p, bound, forward_config, axes).mostly_full_runs
+                return not self.tile_lists(p, bound, forward_config, axes, cache_tiles).mostly_full_runs
             return small
 
         return BackwardSetup(module, sm_scale, bound, small_tiles, learnable, in_kernel, tiles_for,
@@ -355,25 +408,34 @@ class CompiledAttention(CompiledKernel):
         return (self._neighborhood_config(p, axes) if self.ir.strategy == NEIGHBORHOOD
                 else self.config_for(p.device, p.dtype, p.D, p.DV, p.Lq, p.Lkv))
 
-    def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound, axes) -> KernelConfig:
+    def _launch_with_fallback(self, module, p: Problem, q, k, v, out, lse, sm_scale, bound, axes,
+                              cache_tiles: bool = True) -> KernelConfig:
         """Launch with the selected config (tuning record, shipped default or heuristic:
         attngen/autotune/select.py), stepping down while it does not fit the GPU (shared
         memory, registers); the config that fits is remembered for this problem class, so
         records are read once per class and later calls cost one dict lookup."""
         config, source = self._fitted_config(p, axes)
+        remember = True
+        if config.dialect == "gluon" and gluon_reason(self.ir, q, k, v, out) is not None:
+            # these inputs (strides, dtype) cannot take the Gluon forward; others of the class can
+            config, source, remember = self.heuristic_config(p, axes), "heuristic", False
         self.last_config_source = source
         while True:
+            launcher = self.gluon_module() if config.dialect == "gluon" else module
             try:
-                module.launch_forward(q, k, v, out, lse, sm_scale, bound, self.tile_lists(p, bound, config, axes),
-                                      config)
+                launcher.launch_forward(q, k, v, out, lse, sm_scale, bound,
+                                        self.tile_lists(p, bound, config, axes, cache_tiles), config)
             except triton.runtime.errors.OutOfResources as exc:
                 smaller = config.smaller()
+                if smaller is None and config.dialect == "gluon":
+                    smaller = self.heuristic_config(p, axes)
                 if smaller is None:
                     raise RuntimeError(f"variant '{self.ir.name}': no launch configuration fits this GPU "
                                        f"({exc})") from exc
                 config = smaller
                 continue
-            self._fitted[self._problem_class(p, axes)] = (config, source)
+            if remember:
+                self._fitted[self._problem_class(p, axes)] = (config, source)
             return config
 
     @staticmethod
@@ -389,4 +451,4 @@ class CompiledAttention(CompiledKernel):
             return fitted
         from ..autotune.select import select_config  # deferred: the autotune package imports this module
 
-        return select_config(self, p, axes)
+        return select_config(self, p, axes, gluon_possible(self.ir, p.device))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 
+DIALECTS = ("tl", "gluon")  # the kernel languages a forward config can name (KernelConfig.dialect)
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -32,6 +34,12 @@ class KernelConfig:
     others compute. H100, causal D=128 at 128x128, 8 warps, 3 stages: +1.5-1.8%, ahead in
     10 of 10 interleaved rounds (benchmarks/NOTES.md, Forward, "warp specialization as a config option"); dense tiles even or -1.5%.
     Triton 3.6's pass asserts on 4-warp kernels (WSLowerToken.cpp), so only 8 warps take it.
+
+    ``dialect``: "tl" (the ``triton.language`` kernels, every GPU and the interpreter) or
+    "gluon" (the Hopper forward of templates/attention_fwd_gluon.py.j2, sm90 only: dense and
+    band masks, softmax). A Gluon program owns 128 query rows, 64 per consumer warpgroup,
+    so ``block_m`` is 128 and ``num_warps`` 4 (per warpgroup); ``block_n`` is 64 or 128 and
+    ``num_stages`` (2 or 3) is the depth of its K/V ring in shared memory.
     """
 
     block_m: int
@@ -42,8 +50,13 @@ class KernelConfig:
     kv_box: tuple[int, int, int] | None = None
     halves: bool = False
     warp_specialize: bool = False
+    dialect: str = "tl"
 
     def __post_init__(self) -> None:
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"KernelConfig.dialect must be one of {DIALECTS}, got {self.dialect!r}")
+        if self.dialect == "gluon":
+            self._check_gluon()
         for name in ("block_m", "block_n"):
             val = getattr(self, name)
             if val < 16 or val & (val - 1):
@@ -66,12 +79,25 @@ class KernelConfig:
                     or box[0] * box[1] * box[2] != block:
                 raise ValueError(f"KernelConfig.{name} must be three powers of two with product {block}, got {box}")
 
+    def _check_gluon(self) -> None:
+        if self.block_m != 128 or self.num_warps != 4 or self.block_n not in (64, 128) \
+                or self.num_stages not in (2, 3) or self.halves or self.warp_specialize or self.q_box or self.kv_box:
+            raise ValueError("KernelConfig(dialect='gluon') needs block_m=128, num_warps=4, block_n 64 or 128 "
+                             "and num_stages 2 or 3, without halves, warp_specialize or boxes; got "
+                             f"{self}")
+
     def smaller(self) -> "KernelConfig | None":
         """The next configuration to try when this one does not fit (the same tiles without
         warp specialization, whose producer warps take registers of their own; then fewer
         stages, then narrower KV tiles, then one tile instead of two halves, then shorter
         query tiles); None when nothing smaller is left.
-        Boxes survive a change of stages only: a narrower tile needs the planner's boxes."""
+        Boxes survive a change of stages only: a narrower tile needs the planner's boxes.
+        A Gluon config steps down its ring, then its KV tile; past that the caller goes back
+        to a ``tl`` config."""
+        if self.dialect == "gluon":
+            if self.num_stages > 2:
+                return replace(self, num_stages=self.num_stages - 1)
+            return replace(self, block_n=64) if self.block_n > 64 else None
         if self.warp_specialize:
             return replace(self, warp_specialize=False)
         if self.num_stages > 1:
@@ -158,6 +184,8 @@ def config_to_dict(c: KernelConfig) -> dict:
     for flag in ("halves", "warp_specialize"):
         if getattr(c, flag):
             out[flag] = True
+    if c.dialect != "tl":
+        out["dialect"] = c.dialect
     return out
 
 
@@ -175,4 +203,7 @@ def config_from_dict(d: object) -> KernelConfig:
     for flag, val in flags.items():
         if not isinstance(val, bool):
             raise TypeError(f"config field {flag} must be true or false: {d}")
-    return KernelConfig(**fields, **flags)
+    dialect = d.get("dialect", "tl")
+    if not isinstance(dialect, str):
+        raise TypeError(f"config field dialect must be a string: {d}")
+    return KernelConfig(**fields, **flags, dialect=dialect)

@@ -49,7 +49,7 @@ def load_module(path: Path, tag: str, source: str | None = None) -> types.Module
         else:
             # an entry whose mtime is None is never checked against the file (linecache.checkcache)
             linecache.cache[str(path)] = (len(source), None, source.splitlines(keepends=True), str(path))
-            exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - our own generated module
+            exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - our own generated module
     except Exception as exc:
         sys.modules.pop(name, None)
         raise KernelLoadError(f"generated module {path} failed to import: {type(exc).__name__}: {exc}") from exc
