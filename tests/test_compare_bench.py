@@ -32,14 +32,14 @@ def env(**extra) -> dict:
 def test_family_table_cells_ratios_and_missing_backends():
     row = make_row(attngen=1.0, flex=2.0, sdpa_flash=0.5, sdpa_cudnn="RuntimeError: no kernel")
     table = cr.family_table("dense", [row])
-    assert "| attngen | FlexAttention | SDPA flash | SDPA cuDNN |" in table
+    assert "| attngen | attngen tl | FlexAttention | SDPA flash | SDPA cuDNN |" in table
     assert "1.000 ms, 1000 TF/s |" in table  # attngen: no ratio over itself
     assert "2.000 ms, 500 TF/s, x2.00" in table  # attngen twice as fast as Flex
     assert "0.500 ms, 2000 TF/s, x0.50" in table
     assert "n/a (RuntimeError: no kernel)" in table
     window = make_row("window1024", family="window", attngen=1.0, flex=1.5)
     cells = cr.family_table("window", [window]).splitlines()[-1].split(" | ")
-    assert cells[4:6] == ["-", "-"], "SDPA cannot express a window: '-' rather than n/a"
+    assert cells[5:7] == ["-", "-"], "SDPA cannot express a window: '-' rather than n/a"
 
 
 def test_ratio_best_sdpa_and_targets():

@@ -77,9 +77,10 @@ class OffsetKernel(CompiledAttention):
             self._by_tensor.pop(id(old), None)
         return tensor
 
-    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None):
+    def tile_lists(self, p: Problem, bound: dict[str, torch.Tensor], config: KernelConfig, axes=None,
+                   cache: bool = True):
         if not self._closed_form or POSITIONS not in bound:
-            return super().tile_lists(p, bound, config, axes)
+            return super().tile_lists(p, bound, config, axes, cache)
         geometry = self._by_tensor[id(bound[POSITIONS])]
         key = (geometry, config.block_m, config.block_n, p.device)
         plan = self._plans.get(key)
