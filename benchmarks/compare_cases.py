@@ -24,7 +24,7 @@ Fn = Callable[[], Tensor]
 
 SOFTCAP = 30.0
 GRAD_REF_MAX_L = 16384  # float64 reference gradients materialize L x L per head: 2 GiB per matrix here
-CPU_BACKENDS = {"attngen", "attngen_softmax", "attngen_tl"}  # what runs without a GPU (under the Triton interpreter)
+CPU_BACKENDS = {"attngen", "attngen_softmax"}  # what runs without a GPU (under the Triton interpreter)
 
 
 # --------------------------------------------------------------------------- cases
@@ -132,7 +132,7 @@ def softmax_mask_cases(family: str, s: Sizes) -> list[Case]:
     for i, (B, H, L, D) in enumerate(((s.B, s.H, s.L, s.D), s.second)):
         out.append(Case(family, f"{family}_L{L}_D{D}", shape_title(B, H, L, D), B, H, L, D,
                         causal_entries(L) if causal else L * L, ag.Variant(mask=ag.causal() if causal else None),
-                        ("attngen", "attngen_tl", "flex", *SDPA), main=i == 0,
+                        ("attngen", "attngen_gluon", "flex", *SDPA), main=i == 0,
                         flex_mask=(lambda t: causal_mod) if causal else None,
                         sdpa_causal=causal))
     return out
@@ -141,7 +141,7 @@ def softmax_mask_cases(family: str, s: Sizes) -> list[Case]:
 def window_cases(s: Sizes) -> list[Case]:
     W = s.window
     return [Case("window", f"window{W}", f"{shape_title(s.B, s.H, s.L, s.D)}, causal window {W}", s.B, s.H, s.L, s.D,
-                 window_entries(s.L, W), ag.Variant(mask=ag.sliding_window(W - 1, 0)), ("attngen", "attngen_tl", "flex"),
+                 window_entries(s.L, W), ag.Variant(mask=ag.sliding_window(W - 1, 0)), ("attngen", "attngen_gluon", "flex"),
                  main=True, flex_mask=lambda t: window_mod(W))]
 
 
@@ -162,13 +162,13 @@ def document_cases(s: Sizes) -> list[Case]:
 def score_mod_cases(s: Sizes) -> list[Case]:
     title = shape_title(s.B, s.H, s.L, s.D)
     alibi = Case("score_mods", "alibi", f"{title}, ALiBi, causal", s.B, s.H, s.L, s.D, causal_entries(s.L),
-                 ag.Variant(score=common.alibi_score, mask=ag.causal()), ("attngen", "attngen_tl", "flex"), main=True,
+                 ag.Variant(score=common.alibi_score, mask=ag.causal()), ("attngen", "attngen_gluon", "flex"), main=True,
                  flex_mask=lambda t: causal_mod,
                  flex_score=lambda t: (lambda sc, b, h, q, kv: common.alibi_score(sc, b, h, q, kv, t["slopes"])),
                  tensors={"slopes": lambda c: common.alibi_slopes(c.H)})
     softcap = Case("score_mods", "softcap30", f"{title}, softcap {SOFTCAP:g}, causal", s.B, s.H, s.L, s.D,
                    causal_entries(s.L), ag.Variant(score=softcap_score, mask=ag.causal()),
-                   ("attngen", "attngen_tl", "flex"),
+                   ("attngen", "attngen_gluon", "flex"),
                    flex_mask=lambda t: causal_mod, flex_score=lambda t: softcap_score)
     return [alibi, softcap]
 
@@ -273,8 +273,8 @@ def attngen_kwargs(case: Case, variant: ag.Variant, tensors: dict[str, Tensor]) 
 
 
 def build_attngen(case: Case, inp: Inputs, variant: ag.Variant, dialect: str | None = None) -> Fn:
-    """attngen's call; ``dialect``: force the forward's kernel language ("tl": the
-    triton.language forward where the selection would take the Gluon one)."""
+    """attngen's call; ``dialect``: force the forward's kernel language ("gluon": the Hopper
+    forward, beside the selected one in the "attngen" column)."""
     attn = ag.compile(variant)
     kwargs = attngen_kwargs(case, variant, inp.tensors)
     if dialect is not None:
@@ -303,8 +303,8 @@ def build(backend: str, case: Case, inp: Inputs) -> Fn:
     """A call of ``backend`` on the case's inputs, returning (B, H, L, Dv)."""
     if backend in (ATTNGEN, "attngen_softmax"):
         return build_attngen(case, inp, case.variant_of(backend))
-    if backend == "attngen_tl":
-        return build_attngen(case, inp, case.variant_of(backend), dialect="tl")
+    if backend == "attngen_gluon":  # the Gluon (sm90) forward forced: a ValueError elsewhere says why
+        return build_attngen(case, inp, case.variant_of(backend), dialect="gluon")
     if backend == "flex":
         return build_flex(case, inp)
     if backend == "fla":

@@ -23,12 +23,12 @@ BACKWARD_FLOP_FACTOR = 3.5  # PEERS.md: forward+backward counts 3.5x the forward
 ATTNGEN = "attngen"
 SDPA = ("sdpa_flash", "sdpa_cudnn")
 BASE_TITLES = {"attngen": "attngen", "flex": "FlexAttention", "sdpa_flash": "SDPA flash", "sdpa_cudnn": "SDPA cuDNN",
-               "fla": "fla chunk_simple_gla", "attngen_softmax": "attngen softmax", "attngen_tl": "attngen tl"}
+               "fla": "fla chunk_simple_gla", "attngen_softmax": "attngen softmax", "attngen_gluon": "attngen Gluon"}
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 STANDARD_COLUMNS = ("attngen", "flex", "sdpa_flash", "sdpa_cudnn")
-# families whose forward has a Gluon (sm90) kernel: "attngen" is what a call selects (Gluon
-# where the shipped defaults say it wins), "attngen tl" the triton.language kernel forced
-GLUON_COLUMNS = ("attngen", "attngen_tl", "flex", "sdpa_flash", "sdpa_cudnn")
+# families whose forward has a Gluon (sm90) kernel: "attngen" is what a call selects, "attngen
+# Gluon" the Gluon forward forced (dialect="gluon"; its backward is the tl one)
+GLUON_COLUMNS = ("attngen", "attngen_gluon", "flex", "sdpa_flash", "sdpa_cudnn")
 
 
 # --------------------------------------------------------------------------- families

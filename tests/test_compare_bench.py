@@ -32,7 +32,7 @@ def env(**extra) -> dict:
 def test_family_table_cells_ratios_and_missing_backends():
     row = make_row(attngen=1.0, flex=2.0, sdpa_flash=0.5, sdpa_cudnn="RuntimeError: no kernel")
     table = cr.family_table("dense", [row])
-    assert "| attngen | attngen tl | FlexAttention | SDPA flash | SDPA cuDNN |" in table
+    assert "| attngen | attngen Gluon | FlexAttention | SDPA flash | SDPA cuDNN |" in table
     assert "1.000 ms, 1000 TF/s |" in table  # attngen: no ratio over itself
     assert "2.000 ms, 500 TF/s, x2.00" in table  # attngen twice as fast as Flex
     assert "0.500 ms, 2000 TF/s, x0.50" in table
