@@ -2,7 +2,7 @@
 forward and SDPA (cuDNN) on one GPU: max error against float64 SDPA math, then timings at
 B=2 H=16 L=8192 D=128 bf16 (issue 27's shape). Needs an sm90 GPU.
 
-    PYTHONPATH=. python3 benchmarks/experiments/gluon_forward_check.py [--configs 128x128x2,128x128x3]
+    PYTHONPATH=.:benchmarks python3 benchmarks/experiments/gluon_forward_check.py [--configs 128x128x2,128x128x3]
 """
 from __future__ import annotations
 
@@ -31,13 +31,8 @@ def gluon_module(attn):
 
 
 def variants():
-    @ag.score_mod
-    def alibi(score, b, h, q_idx, kv_idx, slopes):
-        return score - slopes[h] * (q_idx - kv_idx)
-
-    @ag.score_mod
-    def softcap(score, b, h, q_idx, kv_idx):
-        return 20.0 * torch.tanh(score / 20.0)
+    from bench_common import alibi_score as alibi
+    from compare_cases import softcap_score as softcap
 
     return {
         "dense": (ag.Variant(name="g_dense"), {}, False),
