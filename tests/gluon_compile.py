@@ -17,7 +17,7 @@ import types
 import torch
 
 
-def compile_for_sm90(module: types.ModuleType, d: int, dv: int, block_n: int, stages: int):
+def compile_for_sm90(module: types.ModuleType, d: int, dv: int, block_n: int, stages: int, pingpong: bool = False):
     """The compiled kernel of ``module``'s ``*_fwd_gluon`` at these sizes (bf16)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -29,7 +29,7 @@ def compile_for_sm90(module: types.ModuleType, d: int, dv: int, block_n: int, st
     v = torch.empty(1, 2, 256, dv, dtype=torch.bfloat16)
     descriptors = {"q_desc": module._descriptor(q, 64), "k_desc": module._descriptor(q, block_n),
                    "v_desc": module._descriptor(v, block_n)}
-    sizes = {"BLOCK_N": block_n, "D": d, "DV": dv, "STAGES": stages}
+    sizes = {"BLOCK_N": block_n, "D": d, "DV": dv, "STAGES": stages, "PINGPONG": pingpong}
     signature, constants = {}, {}
     for name in inspect.signature(kernel.fn).parameters:
         if name in descriptors:
@@ -55,7 +55,8 @@ def main(jobs: list[dict]) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         try:
-            compiled = compile_for_sm90(module, job["d"], job["dv"], job["block_n"], job["stages"])
+            compiled = compile_for_sm90(module, job["d"], job["dv"], job["block_n"], job["stages"],
+                                        job.get("pingpong", False))
         except Exception as exc:  # reported to the test, which shows it
             print(json.dumps({"path": job["path"], "error": f"{type(exc).__name__}: {exc}"}), flush=True)
             continue

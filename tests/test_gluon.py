@@ -85,11 +85,12 @@ def test_unsupported_plans_say_why(variant, expected):
         render_gluon(attn.ir)
 
 
-COMPILE_CASES = [  # family, D, Dv, BLOCK_N, STAGES
-    ("causal", 128, 128, 128, 2),
-    ("alibi_causal", 64, 64, 128, 3),
-    ("sinks_window", 256, 256, 64, 2),
-    ("softcap", 128, 64, 64, 2),
+COMPILE_CASES = [  # family, D, Dv, BLOCK_N, STAGES, PINGPONG
+    ("causal", 128, 128, 128, 2, False),
+    ("dense", 128, 128, 128, 2, True),
+    ("alibi_causal", 64, 64, 128, 3, False),
+    ("sinks_window", 256, 256, 64, 2, True),
+    ("softcap", 128, 64, 64, 2, False),
 ]
 
 
@@ -98,10 +99,10 @@ def test_compiles_for_sm90(tmp_path):
     reallocation between partitions, no spills, shared memory within the H100's."""
     pytest.importorskip("triton.experimental.gluon")
     jobs = []
-    for family, d, dv, block_n, stages in COMPILE_CASES:
-        path = tmp_path / f"{family}_{d}_{dv}.py"
+    for family, d, dv, block_n, stages, pingpong in COMPILE_CASES:
+        path = tmp_path / f"{family}_{d}_{dv}_{int(pingpong)}.py"
         path.write_text(render_gluon(ag.compile(SUPPORTED[family][0]).ir))
-        jobs.append({"path": str(path), "d": d, "dv": dv, "block_n": block_n, "stages": stages})
+        jobs.append({"path": str(path), "d": d, "dv": dv, "block_n": block_n, "stages": stages, "pingpong": pingpong})
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     run = subprocess.run([sys.executable, str(Path(__file__).with_name("gluon_compile.py")), json.dumps(jobs)],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -121,6 +122,10 @@ def test_config_dialect_validation_and_round_trip():
     assert c.smaller() == KernelConfig(128, 128, 4, 2, dialect="gluon")
     assert c.smaller().smaller() == KernelConfig(128, 64, 4, 2, dialect="gluon")
     assert c.smaller().smaller().smaller() is None  # the caller goes back to a tl config
+    pp = KernelConfig(128, 128, 4, 2, dialect="gluon", pingpong=True)
+    assert config_from_dict(config_to_dict(pp)) == pp and pp.smaller().pingpong
+    with pytest.raises(ValueError, match="pingpong needs dialect='gluon'"):
+        KernelConfig(64, 64, 4, 2, pingpong=True)
     assert default_gluon_config(256, 256).block_n == 64
     with pytest.raises(ValueError, match="dialect must be one of"):
         KernelConfig(64, 64, 4, 2, dialect="cuda")
@@ -180,10 +185,11 @@ SHAPES = [  # B, HQ, HKV, Lq, Lkv, D, DV
 
 
 @needs_sm90
+@pytest.mark.parametrize("pingpong", [False, True], ids=["free", "pingpong"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("family", sorted(SUPPORTED))
-def test_gluon_matches_reference(family, shape, dtype):
+def test_gluon_matches_reference(family, shape, dtype, pingpong):
     variant, spec = SUPPORTED[family]
     B, HQ, HKV, Lq, Lkv, D, DV = shape
     q = torch.randn(B, HQ, Lq, D, device="cuda", dtype=dtype)
@@ -191,8 +197,8 @@ def test_gluon_matches_reference(family, shape, dtype):
     v = torch.randn(B, HKV, Lkv, DV, device="cuda", dtype=dtype)
     t = _tensors(spec, B, HQ, "cuda")
     attn = ag.compile(variant)
-    out, lse = attn(q, k, v, dialect="gluon", return_lse=True, **t)
-    assert attn.last_config.dialect == "gluon"
+    config = KernelConfig(128, 64 if max(D, DV) > 128 else 128, 4, 2, dialect="gluon", pingpong=pingpong)
+    out, lse = attn(q, k, v, config=config, return_lse=True, **t)
     ref, ref_lse = ag.reference(variant)(q, k, v, return_lse=True, **t)
     torch.testing.assert_close(out.double(), ref, atol=tolerance(dtype), rtol=0)
     finite = torch.isfinite(ref_lse)

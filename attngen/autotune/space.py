@@ -14,8 +14,8 @@ loads and persistent programs; neither beat the pointer loads and one program pe
 (benchmarks/NOTES.md: TMA loads under Forward and Backward, persistent block-sparse
 programs under Neighborhoods), so the generated kernels do not have them. Where the Gluon forward can run (dense and band
 masks, softmax, an sm90 GPU: ``SpaceShape.gluon``), its configs join the grid: 128-row
-tiles over two consumer warpgroups, 64- or 128-key tiles, a K/V ring of 2 or 3 slots
-(``KernelConfig(dialect="gluon")``).
+tiles over two consumer warpgroups, 64- or 128-key tiles, a K/V ring of 2 or 3 slots, the
+warpgroups free or taking turns (``KernelConfig(dialect="gluon", pingpong=...)``).
 
 Pruning rules (each one names why in ``Pruned.reason``):
 
@@ -160,7 +160,8 @@ def grid(s: SpaceShape, blocks=BLOCKS, warps=WARPS, stages=STAGES) -> list[Kerne
     if s.warp_specialize:  # each 8-warp candidate followed by its twin, so a time budget cuts both alike
         out = [w for c in out for w in ((c, replace(c, warp_specialize=True)) if c.num_warps == 8 else (c,))]
     if s.gluon:
-        out += [KernelConfig(128, bn, 4, st, dialect="gluon") for bn, st in itertools.product(GLUON_BLOCK_N, GLUON_STAGES)]
+        out += [KernelConfig(128, bn, 4, st, dialect="gluon", pingpong=pp)
+                for bn, st, pp in itertools.product(GLUON_BLOCK_N, GLUON_STAGES, (False, True))]
     return out
 
 

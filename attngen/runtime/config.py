@@ -39,7 +39,9 @@ class KernelConfig:
     "gluon" (the Hopper forward of templates/attention_fwd_gluon.py.j2, sm90 only: dense and
     band masks, softmax). A Gluon program owns 128 query rows, 64 per consumer warpgroup,
     so ``block_m`` is 128 and ``num_warps`` 4 (per warpgroup); ``block_n`` is 64 or 128 and
-    ``num_stages`` (2 or 3) is the depth of its K/V ring in shared memory.
+    ``num_stages`` (2 or 3) is the depth of its K/V ring in shared memory. ``pingpong`` (Gluon
+    only): the two consumer warpgroups take turns issuing their products (FlashAttention-3's
+    ping-pong schedule), so that one's softmax always runs under the other's products.
     """
 
     block_m: int
@@ -51,12 +53,15 @@ class KernelConfig:
     halves: bool = False
     warp_specialize: bool = False
     dialect: str = "tl"
+    pingpong: bool = False
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
             raise ValueError(f"KernelConfig.dialect must be one of {DIALECTS}, got {self.dialect!r}")
         if self.dialect == "gluon":
             self._check_gluon()
+        elif self.pingpong:
+            raise ValueError("KernelConfig.pingpong needs dialect='gluon' (the tl kernels have one consumer)")
         for name in ("block_m", "block_n"):
             val = getattr(self, name)
             if val < 16 or val & (val - 1):
@@ -186,6 +191,8 @@ def config_to_dict(c: KernelConfig) -> dict:
             out[flag] = True
     if c.dialect != "tl":
         out["dialect"] = c.dialect
+    if c.pingpong:
+        out["pingpong"] = True
     return out
 
 
@@ -199,7 +206,7 @@ def config_from_dict(d: object) -> KernelConfig:
             fields[k] = tuple(d[k])
     if not all(isinstance(v, int) and not isinstance(v, bool) for k, v in fields.items() if not k.endswith("box")):
         raise TypeError(f"config fields must be integers: {d}")
-    flags = {flag: d.get(flag, False) for flag in ("halves", "warp_specialize")}
+    flags = {flag: d.get(flag, False) for flag in ("halves", "warp_specialize", "pingpong")}
     for flag, val in flags.items():
         if not isinstance(val, bool):
             raise TypeError(f"config field {flag} must be true or false: {d}")

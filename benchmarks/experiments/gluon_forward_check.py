@@ -54,7 +54,8 @@ def runtime_tensors(names, H, device):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="128x128x2,128x128x3", help="BMxBNxSTAGES list for the Gluon kernel")
+    ap.add_argument("--configs", default="128x128x2,128x128x3,128x128x2p",
+                    help="BMxBNxSTAGES[p] list for the Gluon kernel (p: the consumers take turns, pingpong)")
     ap.add_argument("--families", default=None, help="comma list (default: all)")
     args = ap.parse_args()
     from triton.testing import do_bench
@@ -63,7 +64,8 @@ def main() -> None:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", __import__("triton").__version__)
-    configs = [KernelConfig(*map(int, c.split("x")[:2]), 4, int(c.split("x")[2])) for c in args.configs.split(",")]
+    configs = [KernelConfig(*map(int, c.rstrip("p").split("x")[:2]), 4, int(c.rstrip("p").split("x")[2]),
+                            dialect="gluon", pingpong=c.endswith("p")) for c in args.configs.split(",")]
     fams = variants()
     if args.families:
         fams = {k: fams[k] for k in args.families.split(",")}
@@ -77,7 +79,7 @@ def main() -> None:
             v = torch.randn(B, HKV, Lkv, D, device=dev, dtype=torch.bfloat16)
             t = runtime_tensors(tnames, HQ, dev)
             ref, ref_lse = ag.reference(variant)(q, k, v, return_lse=True, **t)
-            cfg = KernelConfig(128, 64 if D > 128 else 128, 4, 2)
+            cfg = KernelConfig(128, 64 if D > 128 else 128, 4, 2, dialect="gluon")
             out = torch.empty(B, HQ, Lq, D, device=dev, dtype=torch.bfloat16)
             lse = torch.empty(B, HQ, Lq, device=dev, dtype=torch.float32)
             mod.launch_forward(q, k, v, out, lse, D ** -0.5, t, None, cfg)
@@ -96,7 +98,7 @@ def main() -> None:
         line = f"{fam:13s} B={B} H={H} L={L} D={D}:"
         for cfg in configs:
             ms = do_bench(lambda: mod.launch_forward(q, k, v, out, None, D ** -0.5, t, None, cfg))
-            line += f" gluon {cfg.block_m}x{cfg.block_n}x{cfg.num_stages} {ms:.3f} ms;"
+            line += f" gluon {cfg.block_m}x{cfg.block_n}x{cfg.num_stages}{'p' if cfg.pingpong else ''} {ms:.3f} ms;"
         with torch.no_grad():
             ms_tl = do_bench(lambda: attn(q, k, v, **t))
         line += f" tl {ms_tl:.3f} ms ({attn.last_config});"
