@@ -38,6 +38,8 @@ def compile_for_sm90(module: types.ModuleType, d: int, dv: int, block_n: int, st
             signature[name] = "*bf16"
         elif name == "Lse" or name.endswith("_ptr"):
             signature[name] = "*fp32"
+        elif name == "tile_runs":
+            signature[name] = "*i32"
         elif name in ("sm_scale", "qk_scale"):
             signature[name] = "fp32"
         elif name in sizes or name in ("SCALE_POSITIVE", "STORE_LSE") or name.endswith("_AS_F32"):

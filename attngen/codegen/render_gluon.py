@@ -2,12 +2,15 @@
 
 The Gluon forward shares the ``tl`` forward's context (render.build_context: the score, mask
 and per-row code, the band's closed-form bounds) and covers the plans whose KV walk is one
-contiguous run of tiles: dense and band masks, softmax with or without a sink. Other plans
-(tile lists, neighborhoods, sigmoid) have no Gluon kernel; ``gluon_unsupported`` says why.
+contiguous run of tiles: dense and band masks, and tile lists where the classifier finds one
+run per query tile (``TileLists.runs``: packed documents, prefix-LM; the runtime checks it per
+call), softmax with or without a sink. Neighborhoods and sigmoid have no Gluon kernel;
+``gluon_unsupported`` says why.
 """
 from __future__ import annotations
 
-from ..ir.kernel import BAND, DENSE, KernelIR
+from ..ir.expr import InNeighborhood
+from ..ir.kernel import BAND, DENSE, TILES, KernelIR
 from ..passes.normalization import ONLINE_SOFTMAX
 from .environment import template_environment
 from .render import build_context
@@ -19,8 +22,11 @@ def gluon_unsupported(ir: KernelIR) -> str | None:
     """Why ``ir`` has no Gluon forward, or None when it has one."""
     if ir.algorithm != ONLINE_SOFTMAX:
         return f"the Gluon forward runs softmax attention only (this variant's algorithm is {ir.algorithm})"
-    if ir.strategy not in (DENSE, BAND):
-        return f"the Gluon forward walks dense and band masks only (this variant's plan is {ir.strategy})"
+    in_mask = ir.tile_pred is not None and bool(ir.tile_pred.atoms(InNeighborhood)) or any(
+        e.atoms(InNeighborhood) for _, e in ir.temps)
+    if ir.strategy not in (DENSE, BAND, TILES) or ir.neighborhood is not None or in_mask:
+        return (f"the Gluon forward walks dense, band and tile-list masks without neighborhoods only "
+                f"(this variant's plan is {ir.strategy})")
     return None
 
 
@@ -30,6 +36,6 @@ def render_gluon(ir: KernelIR) -> str:
     if reason is not None:
         raise ValueError(reason)
     ctx = build_context(ir, ir.to_text())
-    if ctx["na_keep"]:  # pragma: no cover - a band plan holds no neighborhood test
+    if ctx["na_keep"]:  # pragma: no cover - gluon_unsupported refuses neighborhoods
         raise ValueError("the Gluon forward has no neighborhood test")
     return template_environment().get_template(TEMPLATE).render(**ctx)

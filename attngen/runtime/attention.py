@@ -54,6 +54,16 @@ def _reads_per_tile(ir: KernelIR) -> bool:
     return any(r.free_symbols & per_kv for r in score.atoms(sympy.Indexed))
 
 
+NOT_RUNS = ("this call's mask does not keep one run of KV tiles per query tile (the tile lists the Gluon "
+            "forward walks: packed documents, prefix-LM); the tl forward walks any lists")
+
+
+def _one_run_per_tile(tiles) -> bool:
+    """Whether the Gluon forward can walk ``tiles``: no lists (dense, bands) or lists whose
+    every query tile is one run (``TileLists.runs``)."""
+    return tiles is None or getattr(tiles, "runs", None) is not None
+
+
 @dataclass(frozen=True)
 class AttentionCall:
     """A call's settings besides its tensors: what the eager path and the custom ops
@@ -295,13 +305,15 @@ class CompiledAttention(CompiledKernel):
         self.poison(out, lse)
         with device_guard(p.device):
             if call.config is not None:  # the caller's choice: no fallback
+                reason = gluon_reason(self.ir, q, k, v, out) if call.config.dialect == "gluon" else None
+                if reason is not None:
+                    raise ValueError(f"config.dialect='gluon': {reason}")
+                tiles = self.tile_lists(p, bound, call.config, axes, call.cache_tiles)
                 if call.config.dialect == "gluon":
-                    reason = gluon_reason(self.ir, q, k, v, out)
-                    if reason is not None:
-                        raise ValueError(f"config.dialect='gluon': {reason}")
+                    if not _one_run_per_tile(tiles):
+                        raise ValueError(f"config.dialect='gluon': {NOT_RUNS}")
                     module = self.gluon_module()
-                module.launch_forward(q, k, v, out, lse, sm_scale, bound,
-                                      self.tile_lists(p, bound, call.config, axes, call.cache_tiles), call.config)
+                module.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, call.config)
                 self.last_config, self.last_config_source = call.config, "explicit"
             else:
                 self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes,
@@ -421,10 +433,16 @@ class CompiledAttention(CompiledKernel):
             config, source, remember = self.heuristic_config(p, axes), "heuristic", False
         self.last_config_source = source
         while True:
-            launcher = self.gluon_module() if config.dialect == "gluon" else module
+            tiles = self.tile_lists(p, bound, config, axes, cache_tiles)
+            launcher = module
+            if config.dialect == "gluon":
+                if not _one_run_per_tile(tiles):  # this call's mask: tile lists the Gluon forward cannot walk
+                    config, source, remember = self.heuristic_config(p, axes), "heuristic", False
+                    self.last_config_source = source
+                    continue
+                launcher = self.gluon_module()
             try:
-                launcher.launch_forward(q, k, v, out, lse, sm_scale, bound,
-                                        self.tile_lists(p, bound, config, axes, cache_tiles), config)
+                launcher.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, config)
             except triton.runtime.errors.OutOfResources as exc:
                 smaller = config.smaller()
                 if smaller is None and config.dialect == "gluon":

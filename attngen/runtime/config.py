@@ -36,8 +36,8 @@ class KernelConfig:
     Triton 3.6's pass asserts on 4-warp kernels (WSLowerToken.cpp), so only 8 warps take it.
 
     ``dialect``: "tl" (the ``triton.language`` kernels, every GPU and the interpreter) or
-    "gluon" (the Hopper forward of templates/attention_fwd_gluon.py.j2, sm90 only: dense and
-    band masks, softmax). A Gluon program owns 128 query rows, 64 per consumer warpgroup,
+    "gluon" (the Hopper forward of templates/attention_fwd_gluon.py.j2, sm90 only: dense,
+    band and one-run-per-tile tile-list masks, softmax). A Gluon program owns 128 query rows, 64 per consumer warpgroup,
     so ``block_m`` is 128 and ``num_warps`` 4 (per warpgroup); ``block_n`` is 64 or 128 and
     ``num_stages`` (2 or 3) is the depth of its K/V ring in shared memory. ``pingpong`` (Gluon
     only): the two consumer warpgroups take turns issuing their products (FlashAttention-3's
