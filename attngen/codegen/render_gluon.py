@@ -1,4 +1,5 @@
-"""Render a KernelIR into a Gluon module for Hopper (sm90): templates/attention_fwd_gluon.py.j2.
+"""Render a KernelIR into Gluon modules for Hopper (sm90): the forward
+(templates/attention_fwd_gluon.py.j2) and the backward (templates/attention_bwd_gluon.py.j2).
 
 The Gluon forward shares the ``tl`` forward's context (render.build_context: the score, mask
 and per-row code, the band's closed-form bounds) and covers the plans whose KV walk is one
@@ -6,6 +7,11 @@ contiguous run of tiles: dense and band masks, and tile lists where the classifi
 run per query tile (``TileLists.runs``: packed documents, prefix-LM; the runtime checks it per
 call), softmax with or without a sink. Neighborhoods and sigmoid have no Gluon kernel;
 ``gluon_unsupported`` says why.
+The backward covers dense and band masks, from the ``tl`` backward's expressions
+(render.backward_context); gradients of runtime tensors the score reads stay with the ``tl``
+backward (its launcher refuses them), and ``gluon_backward_unsupported`` says why a plan has
+none. The backward is not yet run on a GPU and nothing selects it: only an explicit call of its
+launcher does (tests/test_gluon.py's GPU tests).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from .environment import template_environment
 from .render import build_context
 
 TEMPLATE = "attention_fwd_gluon.py.j2"
+BACKWARD_TEMPLATE = "attention_bwd_gluon.py.j2"
 
 
 def gluon_unsupported(ir: KernelIR) -> str | None:
@@ -39,3 +46,24 @@ def render_gluon(ir: KernelIR) -> str:
     if ctx["na_keep"]:  # pragma: no cover - gluon_unsupported refuses neighborhoods
         raise ValueError("the Gluon forward has no neighborhood test")
     return template_environment().get_template(TEMPLATE).render(**ctx)
+
+
+def gluon_backward_unsupported(ir: KernelIR) -> str | None:
+    """Why ``ir`` has no Gluon backward, or None when it has one."""
+    reason = gluon_unsupported(ir)
+    if ir.algorithm == ONLINE_SOFTMAX and (reason is not None or ir.strategy == TILES):
+        return f"the Gluon backward walks dense and band masks only (this variant's plan is {ir.strategy})"
+    if reason is not None:
+        return reason.replace("Gluon forward", "Gluon backward")
+    if build_context(ir, ir.to_text())["bwd"] is None:
+        return "the score's derivative cannot be printed as kernel code (this variant has no backward)"
+    return None
+
+
+def render_gluon_backward(ir: KernelIR) -> str:
+    """The Gluon backward module for ``ir`` (deterministic); ValueError when the plan has none."""
+    reason = gluon_backward_unsupported(ir)
+    if reason is not None:
+        raise ValueError(reason)
+    ctx = build_context(ir, ir.to_text())
+    return template_environment().get_template(BACKWARD_TEMPLATE).render(**ctx)

@@ -15,7 +15,7 @@ import types
 
 import torch
 
-from ..codegen.render_gluon import gluon_unsupported, render_gluon
+from ..codegen.render_gluon import gluon_unsupported, render_gluon, render_gluon_backward
 from ..ir.kernel import KernelIR
 from .cache import entry_dir
 from .config import KernelConfig
@@ -90,3 +90,22 @@ def load_gluon_module(ir: KernelIR, key: str) -> types.ModuleType:
     milliseconds; nothing is written to disk: the loader serves the text to Triton)."""
     source = render_gluon(ir)
     return load_module(entry_dir(key) / "gluon_fwd.py", f"{ir.name}_{key[:16]}_gluon", source=source)
+
+
+# -- The Gluon backward (templates/attention_bwd_gluon.py.j2): explicit opt-in only. Nothing in the
+# runtime selects it (autograd runs the tl backward); it compiles for sm90a but has NOT yet
+# been run on a GPU: tests/test_gluon.py's GPU tests are its first check.
+
+
+def default_gluon_backward_config(d: int, dv: int) -> tuple[KernelConfig, KernelConfig]:
+    """The (dK/dV, dQ) configs of the Gluon backward's launcher: 128 keys a dK/dV program walking
+    64-query tiles through a two-slot ring, 128 queries a dQ program walking 64-key tiles
+    (the sizes its compile check holds spill-free at D <= 128; unmeasured)."""
+    return KernelConfig(64, 128, 4, 2), KernelConfig(128, 64, 4, 2)
+
+
+def load_gluon_backward_module(ir: KernelIR, key: str) -> types.ModuleType:
+    """The Gluon backward module of the kernel with cache key ``key`` (its launcher:
+    ``launch_backward_gluon``). Unverified on a GPU; explicit opt-in only."""
+    source = render_gluon_backward(ir)
+    return load_module(entry_dir(key) / "gluon_bwd.py", f"{ir.name}_{key[:16]}_gluon_bwd", source=source)
