@@ -17,6 +17,8 @@
 #   bash benchmarks/gpu_session.sh head_dims [ARGS]     diagnose_head_dims.py (padded head dims, one process each)
 #   bash benchmarks/gpu_session.sh training [ARGS]      the graph, Flex drop-in and module tests on CUDA, then
 #                                                       bench_training.py (the example models under torch.compile)
+#   bash benchmarks/gpu_session.sh gluon [ARGS]         the Gluon kernels' tests on CUDA, gluon_forward_check.py, then
+#                                                       compare.py's dense and causal rows (its Gluon column)
 #   bash benchmarks/gpu_session.sh serving [ARGS]       the decoding and paged-cache tests on CUDA, then
 #                                                       bench_serving.py (decoding against Flex and SDPA)
 # Each run also writes FAMILY.log: the environment (date, GPU, driver, versions, commit), then
@@ -106,13 +108,20 @@ case "$stage" in
       tests/test_flex.py tests/test_flex_vocabulary.py tests/test_nn.py 2>&1 | tee -a "$log"
     python3 benchmarks/bench_training.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
+  gluon)
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+    ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests/test_gluon.py 2>&1 | tee -a "$log"
+    PYTHONPATH="$PWD/benchmarks:$PYTHONPATH" python3 benchmarks/experiments/gluon_forward_check.py \
+      --configs 128x128x2,128x128x2p,128x64x3 2>&1 | tee -a "$log"
+    python3 benchmarks/compare.py --families dense,causal --modes fwd,fwdbwd --out "$out" "$@" 2>&1 | tee -a "$log"
+    ;;
   serving)
     ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_decode.py tests/test_paged.py \
       tests/test_decode_checks.py tests/test_decode_graphs.py 2>&1 | tee -a "$log"
     python3 benchmarks/bench_serving.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
   *)
-    echo "unknown stage '$stage' (tests, tests_gluon, compare, forward, backward, neighborhood, linear, normalizations," \
+    echo "unknown stage '$stage' (tests, tests_gluon, gluon, compare, forward, backward, neighborhood, linear, normalizations," \
          "compile, autotune, head_dims, training or serving)" >&2
     exit 2
     ;;
