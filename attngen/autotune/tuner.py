@@ -20,7 +20,7 @@ import torch
 
 from ..ir.kernel import NEIGHBORHOOD
 from ..runtime.config import KernelConfig
-from ..runtime.gluon import gluon_possible
+from ..runtime.gluon import gluon_possible, shape_reason
 from ..runtime.neighborhood import plan as plan_neighborhood
 from ..runtime.validate import Problem, resolve_spatial
 from ..testing import synthesize_tensors
@@ -158,9 +158,8 @@ def tune(attn, shape: TuneShape, device: torch.device | str = "cuda", *, budget_
     # warp specialization needs Hopper's asynchronous copies and barriers (sm90+)
     warp_specialize = attn._has_warp_specialize and device.type == "cuda" \
         and torch.cuda.get_device_capability(device)[0] >= 9
-    # the Gluon forward: its plans, an sm90 GPU, and head dims TMA and wgmma take
-    gluon = gluon_possible(attn.ir, device) and shape.dtype != torch.float32 \
-        and all(d % 16 == 0 and d <= 256 for d in (shape.d, dv))
+    # the Gluon forward: its plans, an sm90 GPU, and a dtype and head dims TMA and wgmma take
+    gluon = gluon_possible(attn.ir, device) and shape_reason(shape.dtype, shape.d, dv) is None
     space = SpaceShape(shape.lq, shape.lkv, shape.d, dv, shape.dtype, attn._tile_reads, axes, attn._has_halves,
                        warp_specialize, gluon)
     grid_args = {k: v for k, v in (("blocks", blocks), ("warps", warps), ("stages", stages)) if v is not None}

@@ -42,28 +42,35 @@ def render_gluon(ir: KernelIR) -> str:
     reason = gluon_unsupported(ir)
     if reason is not None:
         raise ValueError(reason)
-    ctx = build_context(ir, ir.to_text())
-    if ctx["na_keep"]:  # pragma: no cover - gluon_unsupported refuses neighborhoods
-        raise ValueError("the Gluon forward has no neighborhood test")
-    return template_environment().get_template(TEMPLATE).render(**ctx)
+    return template_environment().get_template(TEMPLATE).render(**build_context(ir, ir.to_text()))
+
+
+def _backward_plan_reason(ir: KernelIR) -> str | None:
+    """Why ``ir``'s plan has no Gluon backward, before its derivative is printed."""
+    if ir.algorithm != ONLINE_SOFTMAX:
+        return f"the Gluon backward runs softmax attention only (this variant's algorithm is {ir.algorithm})"
+    if ir.strategy == TILES or gluon_unsupported(ir) is not None:
+        return f"the Gluon backward walks dense and band masks only (this variant's plan is {ir.strategy})"
+    return None
+
+
+NO_DERIVATIVE = "the score's derivative cannot be printed as kernel code (this variant has no backward)"
 
 
 def gluon_backward_unsupported(ir: KernelIR) -> str | None:
     """Why ``ir`` has no Gluon backward, or None when it has one."""
-    reason = gluon_unsupported(ir)
-    if ir.algorithm == ONLINE_SOFTMAX and (reason is not None or ir.strategy == TILES):
-        return f"the Gluon backward walks dense and band masks only (this variant's plan is {ir.strategy})"
-    if reason is not None:
-        return reason.replace("Gluon forward", "Gluon backward")
-    if build_context(ir, ir.to_text())["bwd"] is None:
-        return "the score's derivative cannot be printed as kernel code (this variant has no backward)"
-    return None
+    reason = _backward_plan_reason(ir)
+    if reason is None and build_context(ir, ir.to_text())["bwd"] is None:
+        return NO_DERIVATIVE
+    return reason
 
 
 def render_gluon_backward(ir: KernelIR) -> str:
     """The Gluon backward module for ``ir`` (deterministic); ValueError when the plan has none."""
-    reason = gluon_backward_unsupported(ir)
+    reason = _backward_plan_reason(ir)
     if reason is not None:
         raise ValueError(reason)
     ctx = build_context(ir, ir.to_text())
+    if ctx["bwd"] is None:
+        raise ValueError(NO_DERIVATIVE)
     return template_environment().get_template(BACKWARD_TEMPLATE).render(**ctx)

@@ -82,6 +82,8 @@ class OffsetKernel(CompiledAttention):
         if not self._closed_form or POSITIONS not in bound:
             return super().tile_lists(p, bound, config, axes, cache)
         geometry = self._by_tensor[id(bound[POSITIONS])]
+        if not cache:  # a compiled graph's call: its memory is not held between replays
+            return pair_plan(self.pair(geometry), config.block_m, config.block_n, p.device)
         key = (geometry, config.block_m, config.block_n, p.device)
         plan = self._plans.get(key)
         if plan is None:

@@ -1,6 +1,7 @@
 """``CompiledAttention``: the callable that ``ag.compile`` returns."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import sympy
 import torch
 import triton
 
+from ..codegen.render_gluon import gluon_unsupported
 from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from . import ops
@@ -16,7 +18,7 @@ from .compiled import CompiledKernel, device_guard
 from .config import DIALECTS, KernelConfig, choose_config
 from .decode import decode as _decode
 from .decode_config import DecodeConfig
-from .gluon import default_gluon_config, gluon_possible, gluon_reason, load_gluon_module
+from .gluon import default_gluon_config, device_reason, gluon_reason, load_gluon_module
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
 from .validate import (Problem, check_call_options, check_out, check_qkv, check_runtime_tensors, check_scale, in_graph,
@@ -225,12 +227,17 @@ class CompiledAttention(CompiledKernel):
                 raise ValueError(f"dialect={dialect!r} but config.dialect is {config.dialect!r}")
             return config
         if dialect == "gluon":
-            reason = gluon_reason(self.ir, q, k, v, out)
+            reason = gluon_reason(self._gluon_plan_reason, q, k, v, out)
             if reason is not None:
                 raise ValueError(f"dialect='gluon': {reason}")
             return default_gluon_config(p.D, p.DV)
         config = self._fitted_config(p, axes)[0]
         return config if config.dialect == "tl" else self.heuristic_config(p, axes)
+
+    @functools.cached_property
+    def _gluon_plan_reason(self) -> str | None:
+        """Why this variant's plan has no Gluon forward (None: it has one); computed once."""
+        return gluon_unsupported(self.ir)
 
     def gluon_module(self):
         """The Gluon (sm90) forward module, rendered on first use (runtime/gluon.py)."""
@@ -305,7 +312,7 @@ class CompiledAttention(CompiledKernel):
         self.poison(out, lse)
         with device_guard(p.device):
             if call.config is not None:  # the caller's choice: no fallback
-                reason = gluon_reason(self.ir, q, k, v, out) if call.config.dialect == "gluon" else None
+                reason = gluon_reason(self._gluon_plan_reason, q, k, v, out) if call.config.dialect == "gluon" else None
                 if reason is not None:
                     raise ValueError(f"config.dialect='gluon': {reason}")
                 tiles = self.tile_lists(p, bound, call.config, axes, call.cache_tiles)
@@ -428,7 +435,7 @@ class CompiledAttention(CompiledKernel):
         records are read once per class and later calls cost one dict lookup."""
         config, source = self._fitted_config(p, axes)
         remember = True
-        if config.dialect == "gluon" and gluon_reason(self.ir, q, k, v, out) is not None:
+        if config.dialect == "gluon" and gluon_reason(self._gluon_plan_reason, q, k, v, out) is not None:
             # these inputs (strides, dtype) cannot take the Gluon forward; others of the class can
             config, source, remember = self.heuristic_config(p, axes), "heuristic", False
         self.last_config_source = source
@@ -469,4 +476,4 @@ class CompiledAttention(CompiledKernel):
             return fitted
         from ..autotune.select import select_config  # deferred: the autotune package imports this module
 
-        return select_config(self, p, axes, gluon_possible(self.ir, p.device))
+        return select_config(self, p, axes, self._gluon_plan_reason is None and device_reason(p.device) is None)

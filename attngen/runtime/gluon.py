@@ -38,7 +38,8 @@ def _triton_reason() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_reason(device: torch.device) -> str | None:
+def device_reason(device: torch.device) -> str | None:
+    """Why this process cannot run Gluon kernels on ``device``, or None."""
     if device.type != "cuda":
         return f"Gluon kernels run on CUDA GPUs only (tensors are on {device.type}; Gluon has no interpreter)"
     if interpreter_active():
@@ -49,12 +50,21 @@ def _device_reason(device: torch.device) -> str | None:
     return _triton_reason()
 
 
-def _input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None) -> str | None:
-    if q.dtype not in GLUON_DTYPES:
-        return f"q must be float16 or bfloat16 for the Gluon forward, got {q.dtype}"
-    for name, dim in (("D", q.shape[3]), ("Dv", v.shape[3])):
+def shape_reason(dtype: torch.dtype, d: int, dv: int) -> str | None:
+    """Why the Gluon forward cannot take this dtype and these head dims (wgmma's and TMA's
+    rules), or None."""
+    if dtype not in GLUON_DTYPES:
+        return f"q must be float16 or bfloat16 for the Gluon forward, got {dtype}"
+    for name, dim in (("D", d), ("Dv", dv)):
         if dim % 16 or not 16 <= dim <= 256:
             return f"the Gluon forward needs head dims that are multiples of 16 up to 256, got {name}={dim}"
+    return None
+
+
+def _input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None) -> str | None:
+    reason = shape_reason(q.dtype, q.shape[3], v.shape[3])
+    if reason is not None:
+        return reason
     traced = in_graph(q, k, v)  # fake tensors have no address: the op's run checks it
     for name, t in (("q", q), ("k", k), ("v", v)):
         # TMA: a contiguous last dimension, the base and every other stride 16-byte aligned
@@ -68,15 +78,16 @@ def _input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
     return None
 
 
-def gluon_reason(ir: KernelIR, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def gluon_reason(plan_reason: str | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  out: torch.Tensor | None = None) -> str | None:
-    """Why this call cannot run the Gluon forward, or None when it can."""
-    return gluon_unsupported(ir) or _device_reason(q.device) or _input_reason(q, k, v, out)
+    """Why this call cannot run the Gluon forward, or None when it can. ``plan_reason``: the
+    variant's ``gluon_unsupported`` (computed once per variant: it walks the IR)."""
+    return plan_reason or device_reason(q.device) or _input_reason(q, k, v, out)
 
 
 def gluon_possible(ir: KernelIR, device: torch.device) -> bool:
     """Whether calls of ``ir`` on ``device`` can take the Gluon forward (inputs aside)."""
-    return gluon_unsupported(ir) is None and _device_reason(torch.device(device)) is None
+    return gluon_unsupported(ir) is None and device_reason(torch.device(device)) is None
 
 
 def default_gluon_config(d: int, dv: int) -> KernelConfig:
