@@ -1,7 +1,5 @@
 """The Gluon (sm90) forward and backward: what renders, what compiles, how a call selects the
-forward, and (on an sm90 GPU) that both match the reference. The backward is opt-in only
-(runtime/gluon.py load_gluon_backward_module) and has not yet run on a GPU: its GPU tests here
-are its first check.
+forward and the backward, and (on an sm90 GPU) that both match the reference.
 
 Gluon has no interpreter, so on the CPU the kernels are compiled for sm90a (down to a cubin)
 but not run; the GPU tests skip there with that reason. The GPU suite also runs every kernel
@@ -380,3 +378,23 @@ def test_gluon_backward_refuses_score_tensor_gradients():
     with pytest.raises(ValueError, match="no gradients of runtime score tensors"):
         module.launch_backward_gluon(q, q, q, q, None, q, None, 0.125, {}, default_gluon_backward_config(64, 64),
                                      {"slopes": torch.zeros(2, device="cuda")})
+
+
+@needs_sm90
+@pytest.mark.parametrize("family", ["causal", "sinks_window", "alibi_causal"])
+def test_gluon_autograd_follows_the_forward_dialect(family):
+    """attn(..., dialect="gluon") runs the Gluon backward under autograd (the learned sink's
+    gradient included); a learnable score tensor (ALiBi's slopes) takes the tl backward."""
+    variant, spec = SUPPORTED[family]
+    q, k, v = (torch.randn(1, 4, 333, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    t = {n: x.requires_grad_() for n, x in _tensors(spec, 1, 4, "cuda").items()}
+    attn = ag.compile(variant)
+    out = attn(q, k, v, dialect="gluon", **t)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, [q, k, v, *t.values()], dout)
+    assert (attn._gluon_backward_module is not None) == (family != "alibi_causal")
+    leaves = [x.detach().double().requires_grad_() for x in (q, k, v, *t.values())]
+    ref = ag.reference(variant)(*leaves[:3], **dict(zip(t, leaves[3:])))
+    want = torch.autograd.grad(ref, leaves, dout.double())
+    for name, g, w in zip(["dq", "dk", "dv", *t], got, want):
+        assert relative_error(g, w) < GRAD_TOLERANCE[torch.bfloat16], (name, relative_error(g, w))

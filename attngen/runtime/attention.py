@@ -9,7 +9,7 @@ import sympy
 import torch
 import triton
 
-from ..codegen.render_gluon import gluon_unsupported
+from ..codegen.render_gluon import gluon_backward_unsupported, gluon_unsupported
 from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
 from . import ops
@@ -18,7 +18,8 @@ from .compiled import CompiledKernel, device_guard
 from .config import DIALECTS, KernelConfig, choose_config
 from .decode import decode as _decode
 from .decode_config import DecodeConfig
-from .gluon import default_gluon_config, device_reason, gluon_reason, load_gluon_module
+from .gluon import (default_gluon_backward_config, default_gluon_config, device_reason, gluon_backward_reason,
+                    gluon_reason, load_gluon_backward_module, load_gluon_module)
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
 from .validate import (Problem, check_call_options, check_out, check_qkv, check_runtime_tensors, check_scale, in_graph,
@@ -109,6 +110,7 @@ class CompiledAttention(CompiledKernel):
         self._calls: dict[tuple, AttentionCall] = {}  # call_settings' memo
         self._problems: dict[tuple, tuple] = {}  # _problem's memo
         self._gluon_module = None
+        self._gluon_backward_module = None
         self.last_config: KernelConfig | None = None  # what the latest call launched with
         # where it came from: "explicit" (config=), "record" (user tuning record), "shipped"
         # (autotune/<gpu>.json) or "heuristic" (choose_config)
@@ -331,12 +333,49 @@ class CompiledAttention(CompiledKernel):
                       learnable: tuple[str, ...]):
         """(dq, dk, dv, {name: gradient or None}) for the tensors named in ``learnable``."""
         p, sm_scale, axes = self._problem(call, q, k, v)
-        module = self.module(p.device)
-        setup = self._backward_setup(module, p, sm_scale, bound, axes, learnable, call.deterministic,
-                                     call.spatial_shape, call.cache_tiles)
         forward_config = call.config if call.config is not None else self._fitted_config(p, axes)[0]
         with device_guard(p.device):
+            if forward_config.dialect == "gluon":  # the backward follows the forward's dialect where it can
+                grads = self._gluon_backward(q, k, v, out, lse, dout, dlse, sm_scale, bound, learnable)
+                if grads is not None:
+                    return grads
+            module = self.module(p.device)
+            setup = self._backward_setup(module, p, sm_scale, bound, axes, learnable, call.deterministic,
+                                         call.spatial_shape, call.cache_tiles)
             return run_backward(setup, forward_config, q, k, v, out, lse, dout, dlse)
+
+    @functools.cached_property
+    def _gluon_backward_plan_reason(self) -> str | None:
+        """Why this variant's plan has no Gluon backward (None: it has one); computed once."""
+        return gluon_backward_unsupported(self.ir)
+
+    def _gluon_backward(self, q, k, v, out, lse, dout, dlse, sm_scale: float, bound: dict[str, torch.Tensor],
+                        learnable: tuple[str, ...]):
+        """(dq, dk, dv, grads) from the Gluon backward, or None where this call cannot take it
+        (runtime/gluon.py's gluon_backward_reason; the GPU refusing its tiles): the tl backward
+        then runs."""
+        plan_reason = self._gluon_backward_plan_reason
+        module = None if plan_reason is not None else self.gluon_backward_module()
+        host = set(module.HOST_GRAD_TENSORS) if module is not None else set()
+        score_grads = tuple(n for n in learnable if n not in host)
+        if gluon_backward_reason(plan_reason, q, k, v, score_grads) is not None:
+            return None
+        buffers = {n: torch.zeros(bound[n].shape, dtype=torch.float32, device=q.device) for n in learnable}
+        if dout is None:
+            dout = torch.zeros_like(out)
+        try:
+            dq, dk, dv = module.launch_backward_gluon(q, k, v, out, lse, dout, dlse, sm_scale, bound,
+                                                      default_gluon_backward_config(q.shape[3], v.shape[3]),
+                                                      buffers)
+        except triton.runtime.errors.OutOfResources:
+            return None
+        return dq, dk, dv, {n: b.to(bound[n].dtype) for n, b in buffers.items()}
+
+    def gluon_backward_module(self):
+        """The Gluon (sm90) backward module, rendered on first use (runtime/gluon.py)."""
+        if self._gluon_backward_module is None:
+            self._gluon_backward_module = load_gluon_backward_module(self.ir, self.key)
+        return self._gluon_backward_module
 
     def _backward_setup(self, module, p: Problem, sm_scale: float, bound: dict[str, torch.Tensor], axes,
                         learnable: tuple[str, ...], deterministic: bool, spatial_shape,

@@ -103,20 +103,34 @@ def load_gluon_module(ir: KernelIR, key: str) -> types.ModuleType:
     return load_module(entry_dir(key) / "gluon_fwd.py", f"{ir.name}_{key[:16]}_gluon", source=source)
 
 
-# -- The Gluon backward (templates/attention_bwd_gluon.py.j2): explicit opt-in only. Nothing in the
-# runtime selects it (autograd runs the tl backward); it compiles for sm90a but has NOT yet
-# been run on a GPU: tests/test_gluon.py's GPU tests are its first check.
+# -- The Gluon backward (templates/attention_bwd_gluon.py.j2): a call whose forward ran in the
+# Gluon dialect takes it where it can (gluon_backward_reason), the tl backward elsewhere.
 
 
 def default_gluon_backward_config(d: int, dv: int) -> tuple[KernelConfig, KernelConfig]:
     """The (dK/dV, dQ) configs of the Gluon backward's launcher: 128 keys a dK/dV program walking
     64-query tiles through a two-slot ring, 128 queries a dQ program walking 64-key tiles
-    (the sizes its compile check holds spill-free at D <= 128; unmeasured)."""
+    (the sizes its compile check holds spill-free at D <= 128)."""
     return KernelConfig(64, 128, 4, 2), KernelConfig(128, 64, 4, 2)
+
+
+def gluon_backward_reason(plan_reason: str | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          score_tensor_grads: tuple[str, ...]) -> str | None:
+    """Why this call's backward cannot run in Gluon, or None when it can. ``plan_reason``: the
+    variant's ``gluon_backward_unsupported``; ``score_tensor_grads``: learnable tensors the score
+    reads (their gradients need the tl backward's atomics)."""
+    reason = plan_reason or device_reason(q.device) or _input_reason(q, k, v, None)
+    if reason is not None:
+        return reason
+    if max(q.shape[3], v.shape[3]) > 128:
+        return f"the Gluon backward keeps dK and dV in registers: head dims up to 128, got D={q.shape[3]}, Dv={v.shape[3]}"
+    if score_tensor_grads:
+        return f"the Gluon backward computes no gradients of score tensors ({', '.join(score_tensor_grads)})"
+    return None
 
 
 def load_gluon_backward_module(ir: KernelIR, key: str) -> types.ModuleType:
     """The Gluon backward module of the kernel with cache key ``key`` (its launcher:
-    ``launch_backward_gluon``). Unverified on a GPU; explicit opt-in only."""
+    ``launch_backward_gluon``), rendered like the forward's."""
     source = render_gluon_backward(ir)
     return load_module(entry_dir(key) / "gluon_bwd.py", f"{ir.name}_{key[:16]}_gluon_bwd", source=source)
