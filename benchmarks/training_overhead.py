@@ -79,10 +79,36 @@ def measure(device: torch.device, iters: int = 2000) -> dict[str, Any]:
     return result
 
 
-if __name__ == "__main__":  # the measurement alone: python benchmarks/training_overhead.py
+def profile_paths(device: torch.device, iters: int = 500, top: int = 22) -> None:
+    """cProfile of the bare launch, the eager call and the compiled graph's call: where the host
+    time of each goes (functions by their own time)."""
+    import cProfile
+    import pstats
+
+    attn = ag.compile(ag.Variant(mask=ag.causal(), name="overhead_causal"))
+    q, k, v = (torch.randn(SHAPE, device=device, dtype=torch.bfloat16) for _ in range(3))
+    graph_attngen = torch.compile(lambda q, k, v: attn(q, k, v), fullgraph=True)
+    with torch.no_grad():
+        for label, fn in (("bare launch", bare_launch(attn, q, k, v)), ("eager call", lambda: attn(q, k, v)),
+                          ("compiled graph", lambda: graph_attngen(q, k, v))):
+            host_us_per_call(fn, 50)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(iters):
+                fn()
+            profiler.disable()
+            torch.cuda.synchronize()
+            print(f"\n== {label}: {iters} calls", flush=True)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
+if __name__ == "__main__":  # the measurement alone: python benchmarks/training_overhead.py [--profile]
     import json
+    import sys
 
     if not torch.cuda.is_available():
         raise SystemExit("training_overhead: needs a GPU")
     found = measure(torch.device("cuda"))
     print(json.dumps(found, indent=1))
+    if "--profile" in sys.argv[1:]:
+        profile_paths(torch.device("cuda"))

@@ -79,8 +79,10 @@ def test_attention_gradients_match_reference(device):
     m.zero_grad()
     (_reference_attention(m, x) * w.double()).sum().backward()
     assert set(got) == {"sinks", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
+    # fp32 inputs: exact on the CPU; the GPU kernels' dots run in tf32 (about 1e-3 relative)
+    bound = 1e-4 if torch.device(device).type == "cpu" else 3e-3
     for name, p in m.named_parameters():
-        assert relative_error(got[name], p.grad) < 1e-4, name
+        assert relative_error(got[name], p.grad) < bound, name
 
 
 def test_attention_gqa_shapes_and_views():
@@ -92,7 +94,7 @@ def test_attention_gqa_shapes_and_views():
             seen.update(q=q, k=k, v=v)
             return super().attend(q, k, v, tensors)
 
-    m = Recording(64, 4, 1, variant=ag.Variant(mask=ag.causal(), name="nn_causal"), bias=False)
+    m = Recording(64, 4, 1, variant=ag.Variant(mask=ag.causal(), name="nn_causal"), bias=False).to(DEVICE)
     assert m.qkv.weight.shape == ((4 + 2 * 1) * 16, 64) and m.qkv.bias is None and m.proj.bias is None
     with torch.no_grad():
         out = m(torch.randn(3, 16, 64, device=DEVICE))

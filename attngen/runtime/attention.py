@@ -115,6 +115,7 @@ class CompiledAttention(CompiledKernel):
         # where it came from: "explicit" (config=), "record" (user tuning record), "shipped"
         # (autotune/<gpu>.json) or "heuristic" (choose_config)
         self.last_config_source: str | None = None
+        self.last_backward_dialect: str | None = None  # "tl" or "gluon": which backward the latest one ran
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.ir.name!r}, tiles={self.ir.strategy}, path='{self.path}')"
@@ -338,7 +339,9 @@ class CompiledAttention(CompiledKernel):
             if forward_config.dialect == "gluon":  # the backward follows the forward's dialect where it can
                 grads = self._gluon_backward(q, k, v, out, lse, dout, dlse, sm_scale, bound, learnable)
                 if grads is not None:
+                    self.last_backward_dialect = "gluon"
                     return grads
+            self.last_backward_dialect = "tl"
             module = self.module(p.device)
             setup = self._backward_setup(module, p, sm_scale, bound, axes, learnable, call.deterministic,
                                          call.spatial_shape, call.cache_tiles)
