@@ -88,9 +88,15 @@ def profile_paths(device: torch.device, iters: int = 500, top: int = 22) -> None
     attn = ag.compile(ag.Variant(mask=ag.causal(), name="overhead_causal"))
     q, k, v = (torch.randn(SHAPE, device=device, dtype=torch.bfloat16) for _ in range(3))
     graph_attngen = torch.compile(lambda q, k, v: attn(q, k, v), fullgraph=True)
+    # a decoding step (bench_serving.py's B=1, Lkv=32K case, no content check)
+    qd = torch.randn(1, 32, 1, 128, device=device, dtype=torch.bfloat16)
+    kd, vd = (torch.randn(1, 8, 32768, 128, device=device, dtype=torch.bfloat16) for _ in range(2))
+    lens = torch.full((1,), 32768, device=device, dtype=torch.int32)
     with torch.no_grad():
         for label, fn in (("bare launch", bare_launch(attn, q, k, v)), ("eager call", lambda: attn(q, k, v)),
-                          ("compiled graph", lambda: graph_attngen(q, k, v))):
+                          ("compiled graph", lambda: graph_attngen(q, k, v)),
+                          ("decode B=1 Lkv=32K", lambda: attn.decode(qd, kd, vd, lens, check=False))):
+            print(f"{label}: {host_us_per_call(fn, 300):.1f} us per call", flush=True)
             host_us_per_call(fn, 50)
             profiler = cProfile.Profile()
             profiler.enable()
