@@ -1,4 +1,4 @@
-"""The Gluon forward (Hopper, sm90): where it can run, its default config, and its module.
+"""The Gluon kernels (Hopper, sm90): where they can run, their default configs, and their modules.
 
 A ``KernelConfig(dialect="gluon")`` launches the module that attngen/codegen/render_gluon.py
 renders from the same KernelIR as the ``tl`` module. It needs three things the ``tl`` kernels
@@ -6,7 +6,8 @@ do not: an sm90 GPU (Gluon has no interpreter and its wgmma/TMA code is Hopper's
 with Gluon, and inputs that TMA can read (fp16/bf16, head dims that are multiples of 16 up to
 256, a contiguous last dimension, 16-byte aligned bases and strides). Each check returns the
 reason it fails, so that a forced call (``dialect="gluon"``) raises it and an automatic
-selection falls back to ``tl`` instead.
+selection falls back to ``tl`` instead. The backward follows a Gluon forward where
+``gluon_backward_reason`` allows it (the ``tl`` backward runs otherwise).
 """
 from __future__ import annotations
 
