@@ -119,6 +119,8 @@ def overhead_markdown(overhead: dict[str, Any]) -> list[str]:
     rows = [("bare Triton launch (the generated module's launch_forward)", "bare_launch_us"),
             ("eager attngen call", "eager_call_us"),
             ("compiled graph: one attngen call", "graph_attngen_us"),
+            ("compiled graph: 8 chained attngen calls", "graph_attngen_x8_us"),
+            ("one more attngen call in a graph ((x8 - x1) / 7)", "graph_marginal_call_us"),
             ("compiled graph: one Inductor Triton kernel", "graph_triton_us")]
     lines += ["| what | host time per call (us) |", "|---|---|"]
     lines += [f"| {label} | {_fmt(overhead.get(key), '.1f')} |" for label, key in rows]

@@ -239,3 +239,19 @@ def test_no_grad_and_detach_work(biased):
     torch.testing.assert_close(biased(qg.detach(), k, v, bias=bias), expected, rtol=0, atol=0)
     with torch.inference_mode():
         torch.testing.assert_close(biased(q, k, v, bias=bias), expected, rtol=0, atol=0)
+
+
+def test_checked_layouts_are_remembered_and_bad_ones_still_refused(plain):
+    """check_qkv remembers layouts that passed; a layout differing in any checked property
+    (dtype, shape, device of one tensor) is checked again and refused."""
+    from attngen.runtime import validate
+
+    q, k, v = make_qkv(1, 2, 2, 32, 32, 16, 16, dtype=torch.float32)
+    first = validate.check_qkv(q, k, v)
+    assert validate.check_qkv(q.clone(), k.clone(), v.clone()) is first  # same layout: the memo
+    with pytest.raises(TypeError, match="share a dtype"):
+        plain(q, k.half(), v)
+    with pytest.raises(ValueError, match="v has 31 positions"):
+        plain(q, k, v[:, :, :31])
+    with pytest.raises(ValueError, match="must be 4-D"):
+        plain(q, k, v[0])

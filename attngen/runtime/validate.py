@@ -70,9 +70,29 @@ def check_head_dims(D: int, DV: int) -> None:
             raise ValueError(f"{name} is {val}; supported: {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
 
 
+_CHECKED_QKV: dict[tuple, Problem] = {}  # check_qkv's memo: layouts that passed
+
+
 def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> Problem:
-    """Shapes, dtypes and devices of q, k, v (``allow_float64``: the reference's gradcheck)."""
+    """Shapes, dtypes and devices of q, k, v (``allow_float64``: the reference's gradcheck).
+    A layout that passed once (shapes, strides, dtypes, devices) is not checked again: the
+    checks cost about a third of an eager call's host time."""
     q, k, v = _tensor(q, "q"), _tensor(k, "k"), _tensor(v, "v")
+    key = (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+           v.shape, v.stride(), v.dtype, v.device, allow_float64)
+    try:
+        found = _CHECKED_QKV.get(key)
+    except TypeError:  # symbolic sizes (graph tracing) do not hash: check every time
+        return _check_qkv(q, k, v, allow_float64)
+    if found is None:
+        found = _check_qkv(q, k, v, allow_float64)
+        if len(_CHECKED_QKV) >= 256:  # dynamic shapes: keep the memo bounded
+            _CHECKED_QKV.clear()
+        _CHECKED_QKV[key] = found
+    return found
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow_float64: bool) -> Problem:
     dtypes = DTYPES + ((torch.float64,) if allow_float64 else ())
     for name, t, dims in (("q", q, "(B, Hq, Lq, D)"), ("k", k, "(B, Hkv, Lkv, D)"), ("v", v, "(B, Hkv, Lkv, Dv)")):
         if t.dim() != 4:
