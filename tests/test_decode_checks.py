@@ -159,3 +159,17 @@ def test_paged_append_checks(case, pages):
     _raises(ValueError, "beyond", ag.paged_append, k_pages, v_pages, table, _i32(39, 19), torch.cat([k_new] * 2, 2),
             torch.cat([k_new] * 2, 2))
     assert torch.equal(before, k_pages)  # nothing written
+
+
+def test_checked_layouts_are_remembered_and_bad_ones_still_refused(case):
+    """check_cache_call remembers layouts that passed; an argument differing in a checked
+    property afterwards is checked again and refused."""
+    from attngen.runtime.decode_checks import check_cache_call
+
+    q, k, v, lens = case.q, case.k, case.v, case.seq_lens
+    first = check_cache_call(q, k, v, lens, None)
+    assert check_cache_call(q.clone(), k.clone(), v.clone(), lens.clone(), None) is first
+    decode = ag.compile(CAUSAL).decode
+    _raises(TypeError, "seq_lens must be an int32 tensor", decode, q, k, v, lens.long())
+    _raises(TypeError, "seq_lens must be a torch.Tensor", decode, q, k, v, lens.tolist())
+    _raises(ValueError, "v_cache's \\(Hkv, Lmax\\)", decode, q, k, v[:, :, :-1], lens)

@@ -60,11 +60,41 @@ def _index_tensor(x: object, name: str, layout: str, batch: int, device: torch.d
     return x
 
 
+_CHECKED_CALLS: dict[tuple, CacheProblem] = {}  # check_cache_call's memo: layouts that passed
+
+
+def _layout(x: object) -> tuple | None:
+    """What check_cache_call reads of one argument; None for an argument that is not a tensor."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    return x.shape, x.stride(), x.dtype, x.device
+
+
 def check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: object, block_table: object,
                      q_name: str = "q") -> CacheProblem:
     """Shapes, dtypes, devices and strides of a call on a KV cache (no device reads).
     ``q``: the new tokens' queries (B, Hq, Lq, D), or the keys ``paged_append`` writes
-    (``q_name`` "k_new")."""
+    (``q_name`` "k_new"). A layout that passed once is not checked again (a decoding step's
+    host time is the budget)."""
+    layouts = tuple(_layout(x) for x in (q, k_cache, v_cache, seq_lens, block_table))
+    if layouts[0] is None or layouts[1] is None or layouts[2] is None or (
+            seq_lens is not None and layouts[3] is None) or (block_table is not None and layouts[4] is None):
+        return _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)  # raises
+    key = (layouts, q_name)
+    try:
+        found = _CHECKED_CALLS.get(key)
+    except TypeError:  # symbolic sizes (graph tracing) do not hash: check every time
+        return _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)
+    if found is None:
+        found = _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)
+        if len(_CHECKED_CALLS) >= 256:  # a growing cache or new batch shapes: keep the memo bounded
+            _CHECKED_CALLS.clear()
+        _CHECKED_CALLS[key] = found
+    return found
+
+
+def _check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: object, block_table: object,
+                      q_name: str) -> CacheProblem:
     q, k_cache, v_cache = _tensor(q, q_name), _tensor(k_cache, "k_cache"), _tensor(v_cache, "v_cache")
     paged = block_table is not None
     layout = "(num_pages, page_size, Hkv, {})" if paged else "(B, Hkv, Lmax, {})"
