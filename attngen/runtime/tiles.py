@@ -35,7 +35,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-import triton
 
 
 @dataclass
@@ -235,8 +234,8 @@ class TileCache:
         if hit is not None and all(ref() is tensors[n] for n, ref in hit[0]):
             self._entries.move_to_end(key)
             return hit[1]
-        tiles = TileLists.empty(bm, hm, triton.cdiv(Lq, config.block_m), triton.cdiv(Lkv, config.block_n), device,
-                                Lq, Lkv)
+        # -(-a // b): triton.cdiv's constexpr wrapper costs microseconds on this per-call path
+        tiles = TileLists.empty(bm, hm, -(-Lq // config.block_m), -(-Lkv // config.block_n), device, Lq, Lkv)
         tiles.axes = axes
         module.launch_classify_tiles(tiles, tensors, Lq, Lkv, config)
         tiles.find_runs()
