@@ -4,8 +4,9 @@
 # back) or, without it, to the family's folder benchmarks/results/FAMILY/.
 #   bash benchmarks/gpu_session.sh tests [FILES]        the test suite (or FILES) on CUDA -> gpu_tests/; the
 #                                                       files whose large tensors fill the GPU run serially after
-#   bash benchmarks/gpu_session.sh tests_gluon [FILES]  the forward's tests again with ATTNGEN_DIALECT=gluon (the
-#                                                       Gluon forward wherever a call can take it) -> gpu_tests/
+#   bash benchmarks/gpu_session.sh tests_gluon [FILES]  the kernel tests again with ATTNGEN_DIALECT=gluon (the Gluon
+#                                                       forward, and the backward after it, wherever a call can
+#                                                       take them) -> gpu_tests/
 #   bash benchmarks/gpu_session.sh compare [ARGS]       compare.py: every family against every peer
 #   bash benchmarks/gpu_session.sh forward [ARGS]       the quickstart, then bench_forward.py
 #   bash benchmarks/gpu_session.sh backward [ARGS]      bench_backward.py (forward+backward against Flex)
@@ -61,7 +62,8 @@ case "$stage" in
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
     files=("$@")
     [ ${#files[@]} -eq 0 ] && files=(tests/test_gluon.py tests/test_masks.py tests/test_runtime_tensors.py
-      tests/test_shapes_layouts.py tests/test_normalizations.py tests/test_numerics.py tests/test_graphs.py)
+      tests/test_shapes_layouts.py tests/test_normalizations.py tests/test_numerics.py tests/test_graphs.py
+      tests/test_backward.py tests/test_backward_masks.py)
     ATTNGEN_DIALECT=gluon ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers "${files[@]}" \
       2>&1 | tee -a "$log"
     ;;
