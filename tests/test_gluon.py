@@ -398,3 +398,18 @@ def test_gluon_autograd_follows_the_forward_dialect(family):
     want = torch.autograd.grad(ref, leaves, dout.double())
     for name, g, w in zip(["dq", "dk", "dv", *t], got, want):
         assert relative_error(g, w) < GRAD_TOLERANCE[torch.bfloat16], (name, relative_error(g, w))
+
+
+def test_backward_reason_and_the_tl_backward_on_other_devices():
+    """Where the Gluon backward cannot run, gluon_backward_reason says why; a CPU call's
+    backward is the tl one."""
+    from attngen.runtime.gluon import gluon_backward_reason
+
+    variant = SUPPORTED["causal"][0]
+    attn = ag.compile(variant)
+    q, k, v = (torch.randn(1, 2, 40, 16, requires_grad=True) for _ in range(3))
+    assert "CUDA" in gluon_backward_reason(None, q, k, v)
+    assert gluon_backward_reason("a plan reason", q, k, v) == "a plan reason"
+    if DEVICE == "cpu":
+        attn(q, k, v).sum().backward()
+        assert attn.last_backward_dialect == "tl"

@@ -357,11 +357,11 @@ class CompiledAttention(CompiledKernel):
         """(dq, dk, dv, grads) from the Gluon backward, or None where this call cannot take it
         (runtime/gluon.py's gluon_backward_reason; the GPU refusing its tiles): the tl backward
         then runs."""
-        plan_reason = self._gluon_backward_plan_reason
-        module = None if plan_reason is not None else self.gluon_backward_module()
-        host = set(module.HOST_GRAD_TENSORS) if module is not None else set()
-        score_grads = tuple(n for n in learnable if n not in host)
-        if gluon_backward_reason(plan_reason, q, k, v, score_grads) is not None:
+        if gluon_backward_reason(self._gluon_backward_plan_reason, q, k, v) is not None:
+            return None
+        module = self.gluon_backward_module()  # rendered once the cheaper checks passed
+        score_grads = tuple(n for n in learnable if n not in module.HOST_GRAD_TENSORS)
+        if score_grads:  # gradients of tensors the score reads: the tl backward's atomics
             return None
         buffers = {n: torch.zeros(bound[n].shape, dtype=torch.float32, device=q.device) for n in learnable}
         if dout is None:

@@ -115,18 +115,15 @@ def default_gluon_backward_config(d: int, dv: int) -> tuple[KernelConfig, Kernel
     return KernelConfig(64, 128, 4, 2), KernelConfig(128, 64, 4, 2)
 
 
-def gluon_backward_reason(plan_reason: str | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          score_tensor_grads: tuple[str, ...]) -> str | None:
-    """Why this call's backward cannot run in Gluon, or None when it can. ``plan_reason``: the
-    variant's ``gluon_backward_unsupported``; ``score_tensor_grads``: learnable tensors the score
-    reads (their gradients need the tl backward's atomics)."""
+def gluon_backward_reason(plan_reason: str | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why this call's backward cannot run in Gluon (before the module is rendered), or None.
+    ``plan_reason``: the variant's ``gluon_backward_unsupported``. Gradients of tensors the
+    score reads are the caller's check: they need the tl backward's atomics."""
     reason = plan_reason or device_reason(q.device) or _input_reason(q, k, v, None)
     if reason is not None:
         return reason
     if max(q.shape[3], v.shape[3]) > 128:
         return f"the Gluon backward keeps dK and dV in registers: head dims up to 128, got D={q.shape[3]}, Dv={v.shape[3]}"
-    if score_tensor_grads:
-        return f"the Gluon backward computes no gradients of score tensors ({', '.join(score_tensor_grads)})"
     return None
 
 
