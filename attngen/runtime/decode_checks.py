@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import DTYPES, Problem, _tensor, check_head_dims, check_slice_offsets
+from .validate import DTYPES, Problem, _tensor, check_head_dims, check_slice_offsets, in_graph
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,14 @@ def check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: obje
     (``q_name`` "k_new"). A layout that passed once is not checked again (a decoding step's
     host time is the budget)."""
     layouts = tuple(_layout(x) for x in (q, k_cache, v_cache, seq_lens, block_table))
-    if layouts[0] is None or layouts[1] is None or layouts[2] is None or (
-            seq_lens is not None and layouts[3] is None) or (block_table is not None and layouts[4] is None):
-        return _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)  # raises
-    key = (layouts, q_name)
-    try:
-        found = _CHECKED_CALLS.get(key)
-    except TypeError:  # symbolic sizes (graph tracing) do not hash: check every time
+    not_tensors = any(x is not None and layout is None
+                      for x, layout in zip((q, k_cache, v_cache, seq_lens, block_table), layouts))
+    # an argument of the wrong type (the full check raises), or a traced call (hashing symbolic
+    # sizes would specialize them): no memo
+    if not_tensors or in_graph(q, k_cache, v_cache):
         return _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)
+    key = (layouts, q_name)
+    found = _CHECKED_CALLS.get(key)
     if found is None:
         found = _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)
         if len(_CHECKED_CALLS) >= 256:  # a growing cache or new batch shapes: keep the memo bounded

@@ -78,12 +78,11 @@ def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> P
     A layout that passed once (shapes, strides, dtypes, devices) is not checked again: the
     checks cost about a third of an eager call's host time."""
     q, k, v = _tensor(q, "q"), _tensor(k, "k"), _tensor(v, "v")
+    if in_graph(q, k, v):  # traced: hashing symbolic sizes would specialize them
+        return _check_qkv(q, k, v, allow_float64)
     key = (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
            v.shape, v.stride(), v.dtype, v.device, allow_float64)
-    try:
-        found = _CHECKED_QKV.get(key)
-    except TypeError:  # symbolic sizes (graph tracing) do not hash: check every time
-        return _check_qkv(q, k, v, allow_float64)
+    found = _CHECKED_QKV.get(key)
     if found is None:
         found = _check_qkv(q, k, v, allow_float64)
         if len(_CHECKED_QKV) >= 256:  # dynamic shapes: keep the memo bounded
