@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch.compile(fullgraph=True) the models (default: on, except --quick and the CPU)")
     parser.add_argument("--host-overhead", action=argparse.BooleanOptionalAction, default=None,
                         help="measure one attngen call in a compiled graph (default: on the GPU with --compile)")
+    parser.add_argument("--timing-rounds", type=int, default=None,
+                        help="interleaved step-time rounds after training, every backend once a round (default 5; "
+                             "--quick and CPU: 2)")
+    parser.add_argument("--timing-steps", type=int, default=None,
+                        help="steps a backend runs in each timing round (default 20; --quick and CPU: 3)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
@@ -77,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.host_overhead and not cuda:
         raise SystemExit("bench_training: --host-overhead needs the GPU")
     args.steps = args.steps or (QUICK_STEPS if args.tiny else None)
+    args.timing_rounds = args.timing_rounds if args.timing_rounds is not None else (2 if args.tiny else 5)
+    args.timing_steps = args.timing_steps or (3 if args.tiny else 20)
     args.out = args.out or default_out("training", smoke=args.tiny)
     return args
 
@@ -116,6 +123,7 @@ def run_model(name: str, args: argparse.Namespace, results: Results) -> None:
     batches = module.make_batches(cfg, steps, args.seed, args.device)
     torch.manual_seed(args.seed)
     init = cpu_state(module.make_model(backends[0], cfg, args.device))
+    trainers: dict[str, Trainer] = {}  # kept for the timing rounds
     for backend in backends:
         torch._dynamo.reset()  # each backend compiles its own graphs
         plan = [(backend, init)]
@@ -131,6 +139,7 @@ def run_model(name: str, args: argparse.Namespace, results: Results) -> None:
                       f"{run.first_step_s:.1f} s, median step {run.median_step_ms or float('nan'):.2f} ms", flush=True)
                 entry["comparison"] = compare(entry["runs"], reference)
                 results.save()
+            trainers[backend] = trainer
         except Exception as exc:  # noqa: BLE001 - recorded, and the other backends still run
             entry["runs"].setdefault(backend, {"error": log_failure(args.out, f"{name}/{backend}", exc)})
             entry["comparison"] = compare(entry["runs"], reference)
@@ -139,6 +148,35 @@ def run_model(name: str, args: argparse.Namespace, results: Results) -> None:
             trainer = None
             if args.device.type == "cuda":
                 torch.cuda.empty_cache()
+    if args.timing_rounds and len(trainers) > 1:
+        timing_rounds(entry, trainers, batches[:args.timing_steps], cfg.lr, args, results)
+        entry["comparison"] = compare(entry["runs"], reference)
+        results.save()
+
+
+def timing_rounds(entry: dict, trainers: dict[str, Trainer], batches: list, lr: float, args: argparse.Namespace,
+                  results: Results) -> None:
+    """Every backend's step time in interleaved rounds (one after another in each round, the
+    order rotating), after one untimed round in which a backend whose graph the next backend's
+    ``torch._dynamo.reset()`` dropped compiles again. A single run per backend is not enough:
+    clocks and the allocator drift, and one compiled graph timed twice in a row gave 11.9 and
+    9.8 ms a step (benchmarks/NOTES.md, 2026-12-08)."""
+    entry["timing_steps"] = len(batches)
+    names = list(trainers)
+    for name in names:  # warm-up: recompiles after the resets, fills the allocator
+        trainers[name].time_steps(batches[:2], lr)
+    for r in range(args.timing_rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        this_round = {}
+        for name in order:
+            try:
+                this_round[name] = trainers[name].time_steps(batches, lr)
+            except Exception as exc:  # noqa: BLE001 - recorded; the other backends go on
+                log_failure(args.out, f"timing round {r + 1}/{name}", exc)
+                continue
+            entry["runs"][name].setdefault("round_step_ms", []).append(this_round[name])
+        print(f"  timing round {r + 1}: " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in this_round.items()), flush=True)
+    results.save()
 
 
 def main(argv: list[str] | None = None) -> int:

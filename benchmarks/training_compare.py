@@ -69,16 +69,30 @@ def compare(runs: dict[str, dict], reference: str) -> dict[str, Any]:
     tolerance = BF16_FLOOR if noise is None else max(NOISE_FACTOR * noise, BF16_FLOOR)
     backends = [n for n in ok if n != reference and n not in perturbed]
     gaps = {n: gap(ok[n]["losses"], ref, window) for n in backends}
-    flex_ms = ok.get("flex", {}).get("median_step_ms")
+    timed = [n for n in ok if PERTURBED_SUFFIX not in n]
+    steps = {n: step_ms(ok[n]) for n in timed}
+    flex_ms = steps.get("flex")
     result.update(window=window, noise=noise, tolerance=tolerance, gaps=gaps,
                   agree={n: g <= tolerance for n, g in gaps.items()},
-                  median_step_ms={n: ok[n]["median_step_ms"] for n in ok if PERTURBED_SUFFIX not in n},
-                  step_time_vs_flex={n: (ok[n]["median_step_ms"] / flex_ms if flex_ms else None)
-                                     for n in ok if PERTURBED_SUFFIX not in n},
+                  median_step_ms={n: ok[n]["median_step_ms"] for n in timed},
+                  step_ms=steps,
+                  step_time_vs_flex={n: (steps[n] / flex_ms if flex_ms and steps[n] else None) for n in timed},
                   final_loss={n: smooth(ok[n]["losses"], window)[-1] for n in ok})
     if noise is None:
         result["note"] = "no perturbed reference run: the tolerance is the bf16 floor alone"
     return result
+
+
+def step_ms(run: dict[str, Any]) -> float | None:
+    """A backend's step time: the median of its interleaved timing rounds (``round_step_ms``,
+    one median per round; bench_training.py times every backend in each round, so clock drift
+    hits all of them alike) where it has them, else the median of its training run's steps."""
+    rounds = run.get("round_step_ms")
+    if rounds:
+        ordered = sorted(rounds)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return run.get("median_step_ms")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -91,19 +105,26 @@ def model_markdown(name: str, model: dict[str, Any]) -> list[str]:
     if "error" in c:
         lines += [f"**No verdict**: {c['error']}.", ""]
     ref = c.get("reference", "?")
-    lines += [f"| backend | median step (ms) | x Flex step time | first step incl. compile (s) | final loss "
-              f"(smoothed) | max gap to {ref} | within tolerance |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| backend | step (ms) | x Flex step time | median step in its run (ms) | first step incl. compile "
+              f"(s) | final loss (smoothed) | max gap to {ref} | within tolerance |", "|---|---|---|---|---|---|---|---|"]
     for backend, run in model.get("runs", {}).items():
         if "error" in run:
-            lines.append(f"| {backend} | failed: {run['error']} | | | | | |")
+            lines.append(f"| {backend} | failed: {run['error']} | | | | | | |")
             continue
         gap_value = c.get("gaps", {}).get(backend)
         agree = c.get("agree", {}).get(backend)
+        steps = "" if PERTURBED_SUFFIX in backend else _fmt(step_ms(run), ".2f")
         lines.append(
-            f"| {backend} | {_fmt(run.get('median_step_ms'), '.2f')} | "
-            f"{_fmt(c.get('step_time_vs_flex', {}).get(backend), '.3f')} | {run['first_step_s']:.1f} | "
+            f"| {backend} | {steps} | {_fmt(c.get('step_time_vs_flex', {}).get(backend), '.3f')} | "
+            f"{_fmt(run.get('median_step_ms'), '.2f')} | {run['first_step_s']:.1f} | "
             f"{_fmt(c.get('final_loss', {}).get(backend), '.4f')} | {_fmt(gap_value, '.2%')} | "
             f"{'-' if agree is None else ('yes' if agree else '**NO**')} |")
+    rounds = {b: r["round_step_ms"] for b, r in model.get("runs", {}).items() if r.get("round_step_ms")}
+    if rounds:
+        per_round = "; ".join(f"{b} {', '.join(f'{x:.2f}' for x in ms)}" for b, ms in rounds.items())
+        lines += ["", f"Step (ms): the median of {len(next(iter(rounds.values())))} interleaved timing rounds after "
+                      f"training (every backend once per round, {model.get('timing_steps', '?')} steps each), per "
+                      f"round: {per_round}."]
     if "tolerance" in c:
         noise = "-" if c["noise"] is None else f"{c['noise']:.2%}"
         lines += ["", f"Noise (gap of the perturbed {ref} run): {noise}; tolerance max({NOISE_FACTOR:g} x noise, "
@@ -174,8 +195,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
                 curves.plot(run["losses"], color=line.get_color(), alpha=0.2, linewidth=0.8)
         curves.set(title=f"{name}: training loss (trailing mean over {window} steps)", xlabel="step", ylabel="loss")
         curves.legend()
-        timed = [(b, r["median_step_ms"]) for b, r in finished.items()
-                 if PERTURBED_SUFFIX not in b and r.get("median_step_ms")]
+        timed = [(b, step_ms(r)) for b, r in finished.items() if PERTURBED_SUFFIX not in b and step_ms(r)]
         bars = times.bar([b for b, _ in timed], [ms for _, ms in timed])
         times.bar_label(bars, fmt="%.2f")
         times.set(title=f"{name}: median step time", ylabel="ms")

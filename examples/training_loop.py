@@ -113,6 +113,27 @@ class Trainer:
         return run
 
 
+    def time_steps(self, batches: Sequence[Batch], lr: float) -> float:
+        """Median ms of one training step over ``batches``, continuing from the current weights
+        with a fresh optimizer (its first step, which creates the optimizer state, is left out):
+        bench_training.py's interleaved timing rounds."""
+        self.model.train()
+        opt = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+        cuda = self.device.type == "cuda"
+        times = []
+        for inputs, targets in batches:
+            timer = _CudaTimer() if cuda else _WallTimer(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = self.forward(inputs, targets)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(timer.stop())
+        step_ms = [t() if callable(t) else t for t in times]
+        return statistics.median(step_ms[1:] or step_ms)
+
+
 class _CudaTimer:
     """Events around a step; read after the run (no sync inside the loop)."""
 

@@ -57,9 +57,24 @@ def test_markdown_and_plot(tmp_path):
                "host_overhead": {"bare_launch_us": 12.0, "graph_attngen_us": 30.0, "graph_triton_us": 25.0,
                                  "summary": "attngen costs 5.0 us more"}}
     text = tc.markdown(results)
-    assert "| attngen | 8.00 | 0.800 |" in text and "| yes |" in text
+    assert "| attngen | 8.00 | 0.800 | 8.00 |" in text and "| yes |" in text
     assert "| sdpa | failed: RuntimeError: no kernel" in text
     assert "NVIDIA H100" in text and "abc" in text and "attngen costs 5.0 us more" in text
     pytest.importorskip("matplotlib")
     path = tc.plot(results, tmp_path / "training.png")
     assert path is not None and path.stat().st_size > 10_000
+
+
+def test_interleaved_rounds_set_the_step_time():
+    """Where the timing rounds ran, their median is the step time the ratio to Flex uses."""
+    runs = {"attngen": {**run(curve(), 12.0), "round_step_ms": [9.0, 8.0, 11.0]},
+            "flex": {**run(curve(), 9.0), "round_step_ms": [10.0, 10.5, 9.5, 10.0]},
+            "flex+perturbed1": run(curve(scale=1.001))}
+    assert tc.step_ms(runs["attngen"]) == 9.0 and tc.step_ms(runs["flex"]) == 10.0
+    verdict = tc.compare(runs, "flex")
+    assert verdict["step_ms"] == {"attngen": 9.0, "flex": 10.0}
+    assert verdict["step_time_vs_flex"]["attngen"] == pytest.approx(0.9)
+    text = tc.markdown({"models": {"lm": {"description": "tiny", "runs": runs, "comparison": verdict,
+                                          "timing_steps": 20}}})
+    assert "| attngen | 9.00 | 0.900 | 12.00 |" in text
+    assert "median of 3 interleaved timing rounds" in text and "attngen 9.00, 8.00, 11.00" in text
