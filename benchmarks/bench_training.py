@@ -59,7 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lm-backends", nargs="+", choices=MODELS["lm"][1], default=None)
     parser.add_argument("--nat-backends", nargs="+", choices=MODELS["nat"][1], default=None)
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the preset's, 300)")
-    parser.add_argument("--perturbed-runs", type=int, default=1, help="perturbed reference runs per model (noise)")
+    parser.add_argument("--perturbed-runs", type=int, default=3,
+                        help="perturbed reference runs per model, the noise the tolerance is built from (default 3: "
+                             "with one, a run that happens to stay close sets a tolerance too tight for a second "
+                             "peer; each costs one training run of the reference peer)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile(fullgraph=True) the models (default: on, except --quick and the CPU)")
     parser.add_argument("--host-overhead", action=argparse.BooleanOptionalAction, default=None,
