@@ -90,21 +90,16 @@ class Trainer:
             warmup: int) -> Run:
         self.model.load_state_dict(init_state)
         self.model.train()
-        opt = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+        opt = self._optimizer(lr)
         cuda = self.device.type == "cuda"
         losses, times = [], []
         for step, (inputs, targets) in enumerate(batches):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, len(batches), lr, warmup)
             timer = _CudaTimer() if cuda and step > 0 else _WallTimer(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.forward(inputs, targets)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss = self._step(opt, inputs, targets)
             times.append(timer.stop())
-            losses.append(loss.detach())
+            losses.append(loss)
         step_ms = [t() if callable(t) else t for t in times]
         run = Run(backend, torch.stack(losses).float().cpu().tolist(), step_ms, first_step_s=step_ms[0] / 1000.0)
         if not all(math.isfinite(x) for x in run.losses):
@@ -112,23 +107,30 @@ class Trainer:
                                      f"{next(i for i, x in enumerate(run.losses) if not math.isfinite(x))}")
         return run
 
+    def _optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+
+    def _step(self, opt: torch.optim.Optimizer, inputs: Tensor, targets: Tensor) -> Tensor:
+        """One training step; returns the (detached) loss, left on the device."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = self.forward(inputs, targets)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
     def time_steps(self, batches: Sequence[Batch], lr: float) -> float:
         """Median ms of one training step over ``batches``, continuing from the current weights
         with a fresh optimizer (its first step, which creates the optimizer state, is left out):
         bench_training.py's interleaved timing rounds."""
         self.model.train()
-        opt = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+        opt = self._optimizer(lr)
         cuda = self.device.type == "cuda"
         times = []
         for inputs, targets in batches:
             timer = _CudaTimer() if cuda else _WallTimer(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.forward(inputs, targets)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            self._step(opt, inputs, targets)
             times.append(timer.stop())
         step_ms = [t() if callable(t) else t for t in times]
         return statistics.median(step_ms[1:] or step_ms)
