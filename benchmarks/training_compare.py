@@ -21,6 +21,7 @@ one bf16 ulp of the loss: below it, two curves are the same number in bf16.
 """
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -88,11 +89,7 @@ def step_ms(run: dict[str, Any]) -> float | None:
     one median per round; bench_training.py times every backend in each round, so clock drift
     hits all of them alike) where it has them, else the median of its training run's steps."""
     rounds = run.get("round_step_ms")
-    if rounds:
-        ordered = sorted(rounds)
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return run.get("median_step_ms")
+    return statistics.median(rounds) if rounds else run.get("median_step_ms")
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -278,6 +278,14 @@ def test_environment_preference(monkeypatch):
 
 # -- on an sm90 GPU: the kernels against the reference
 
+
+def _cuda_qkv(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, HQ, HKV, Lq, Lkv, D, DV = shape
+    return (torch.randn(B, HQ, Lq, D, device="cuda", dtype=dtype),
+            torch.randn(B, HKV, Lkv, D, device="cuda", dtype=dtype),
+            torch.randn(B, HKV, Lkv, DV, device="cuda", dtype=dtype))
+
+
 SHAPES = [  # B, HQ, HKV, Lq, Lkv, D, DV
     (1, 4, 2, 1000, 1000, 128, 128),
     (2, 2, 1, 77, 300, 64, 64),
@@ -294,9 +302,7 @@ SHAPES = [  # B, HQ, HKV, Lq, Lkv, D, DV
 def test_gluon_matches_reference(family, shape, dtype, pingpong):
     variant, spec = SUPPORTED[family]
     B, HQ, HKV, Lq, Lkv, D, DV = shape
-    q = torch.randn(B, HQ, Lq, D, device="cuda", dtype=dtype)
-    k = torch.randn(B, HKV, Lkv, D, device="cuda", dtype=dtype)
-    v = torch.randn(B, HKV, Lkv, DV, device="cuda", dtype=dtype)
+    q, k, v = _cuda_qkv(shape, dtype)
     if "document_ids" in spec and Lq != Lkv:
         pytest.skip("document ids index both sides: Lq == Lkv")
     t = _tensors(spec, B, HQ, "cuda", Lq)
@@ -343,9 +349,7 @@ def test_gluon_backward_matches_reference(family, shape, dtype):
 
     variant, spec = SUPPORTED[family]
     B, HQ, HKV, Lq, Lkv, D, DV = shape
-    q = torch.randn(B, HQ, Lq, D, device="cuda", dtype=dtype)
-    k = torch.randn(B, HKV, Lkv, D, device="cuda", dtype=dtype)
-    v = torch.randn(B, HKV, Lkv, DV, device="cuda", dtype=dtype)
+    q, k, v = _cuda_qkv(shape, dtype)
     dout = torch.randn(B, HQ, Lq, DV, device="cuda", dtype=dtype)
     dlse = torch.randn(B, HQ, Lq, device="cuda", dtype=torch.float32)
     t = _tensors(spec, B, HQ, "cuda")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import DTYPES, Problem, _tensor, check_head_dims, check_slice_offsets, in_graph
+from .validate import DTYPES, Problem, _tensor, check_head_dims, check_slice_offsets, in_graph, remembered
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,8 @@ def check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: obje
     # sizes would specialize them): no memo
     if not_tensors or in_graph(q, k_cache, v_cache):
         return _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)
-    key = (layouts, q_name)
-    found = _CHECKED_CALLS.get(key)
-    if found is None:
-        found = _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name)
-        if len(_CHECKED_CALLS) >= 256:  # a growing cache or new batch shapes: keep the memo bounded
-            _CHECKED_CALLS.clear()
-        _CHECKED_CALLS[key] = found
-    return found
+    return remembered(_CHECKED_CALLS, (layouts, q_name),
+                      lambda: _check_cache_call(q, k_cache, v_cache, seq_lens, block_table, q_name))
 
 
 def _check_cache_call(q: object, k_cache: object, v_cache: object, seq_lens: object, block_table: object,

@@ -6,11 +6,13 @@ Errors are ``TypeError`` (wrong kind of object, missing or unexpected tensor, dt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import torch
 
 from ..ir.nodes import TensorParam
+
+T = TypeVar("T")
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
@@ -71,6 +73,18 @@ def check_head_dims(D: int, DV: int) -> None:
 
 
 _CHECKED_QKV: dict[tuple, Problem] = {}  # check_qkv's memo: layouts that passed
+MEMO_SIZE = 256  # layouts a checker remembers (dynamic shapes: the memo is cleared when full)
+
+
+def remembered(memo: dict, key: tuple, check: Callable[[], T]) -> T:
+    """``memo[key]``, or ``check()``'s result stored there (a check that raises stores nothing)."""
+    found = memo.get(key)
+    if found is None:
+        found = check()
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[key] = found
+    return found
 
 
 def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> Problem:
@@ -82,13 +96,7 @@ def check_qkv(q: object, k: object, v: object, allow_float64: bool = False) -> P
         return _check_qkv(q, k, v, allow_float64)
     key = (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
            v.shape, v.stride(), v.dtype, v.device, allow_float64)
-    found = _CHECKED_QKV.get(key)
-    if found is None:
-        found = _check_qkv(q, k, v, allow_float64)
-        if len(_CHECKED_QKV) >= 256:  # dynamic shapes: keep the memo bounded
-            _CHECKED_QKV.clear()
-        _CHECKED_QKV[key] = found
-    return found
+    return remembered(_CHECKED_QKV, key, lambda: _check_qkv(q, k, v, allow_float64))
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow_float64: bool) -> Problem:
