@@ -7,7 +7,9 @@ costs nothing on a machine where the peers are never run (CPU smoke runs).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -35,6 +37,22 @@ def raise_dynamo_limits() -> None:
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dcfg, name):
             setattr(dcfg, name, max(getattr(dcfg, name), DYNAMO_RECOMPILES))
+
+
+@contextlib.contextmanager
+def graph_launch(mode: str):
+    """ATTNGEN_GRAPH_LAUNCH=``mode`` ("op" or "inductor": runtime/graph_launch.py) while
+    graphs are traced inside; the variable is read when a call is traced, so a graph keeps
+    the launch it was traced with until ``torch._dynamo.reset()``."""
+    before = os.environ.get("ATTNGEN_GRAPH_LAUNCH")
+    os.environ["ATTNGEN_GRAPH_LAUNCH"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("ATTNGEN_GRAPH_LAUNCH", None)
+        else:
+            os.environ["ATTNGEN_GRAPH_LAUNCH"] = before
 
 
 def compiled_flex() -> Callable:

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 import train_lm  # noqa: E402  (examples/: imports attngen before Triton)
 import train_nat  # noqa: E402
-from bench_common import run_environment  # noqa: E402
+from bench_common import graph_launch, run_environment  # noqa: E402
 from report import short_reason  # noqa: E402
 from result_files import default_out, git_commit, write_atomic  # noqa: E402
 from training_compare import PERTURBATION, PERTURBED_SUFFIX, compare, markdown, plot  # noqa: E402
@@ -46,6 +46,17 @@ MODELS = {
     "nat": (train_nat, ("attngen", "flex"), "flex"),
 }
 QUICK_STEPS = 30
+# attngen's runs, one per way its calls reach the GPU in a compiled graph (--graph-launch):
+# the opaque custom op, or kernels that Inductor launches (attngen/runtime/graph_launch.py)
+ATTNGEN_LABELS = {"op": "attngen", "inductor": "attngen+inductor"}
+
+
+def backend_and_launch(label: str) -> tuple[str, str]:
+    """("attngen", "inductor") for "attngen+inductor"; a peer's label names its backend."""
+    for launch, name in ATTNGEN_LABELS.items():
+        if label == name:
+            return "attngen", launch
+    return label, "op"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "--quick and CPU: 2)")
     parser.add_argument("--timing-steps", type=int, default=None,
                         help="steps a backend runs in each timing round (default 20; --quick and CPU: 3)")
+    parser.add_argument("--graph-launch", nargs="+", choices=list(ATTNGEN_LABELS), default=None,
+                        help="how attngen's calls reach the GPU in a compiled graph (ATTNGEN_GRAPH_LAUNCH), one "
+                             "attngen run each, labelled " + " and ".join(ATTNGEN_LABELS.values()) +
+                             " (default: both when compiling on the GPU, else op)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
@@ -81,6 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.tiny = args.quick or not cuda
     args.compile = (cuda and not args.quick) if args.compile is None else args.compile
     args.amp = cuda
+    args.graph_launch = args.graph_launch or (list(ATTNGEN_LABELS) if cuda and args.compile else ["op"])
     args.host_overhead = (cuda and args.compile) if args.host_overhead is None else args.host_overhead
     if args.host_overhead and not cuda:
         raise SystemExit("bench_training: --host-overhead needs the GPU")
@@ -117,7 +133,8 @@ def log_failure(out: Path, label: str, exc: BaseException) -> str:
 
 def run_model(name: str, args: argparse.Namespace, results: Results) -> None:
     module, all_backends, reference = MODELS[name]
-    backends = getattr(args, f"{name}_backends") or all_backends
+    backends = [label for b in getattr(args, f"{name}_backends") or all_backends
+                for label in ([ATTNGEN_LABELS[m] for m in args.graph_launch] if b == "attngen" else [b])]
     cfg = module.PRESETS["tiny" if args.tiny else "full"]
     steps = args.steps or cfg.steps
     entry = results.data["models"][name] = {"description": module.describe(cfg), "config": cfg.__dict__,
@@ -125,26 +142,28 @@ def run_model(name: str, args: argparse.Namespace, results: Results) -> None:
     print(f"{name}: {entry['description']}; {steps} steps x {len(backends)} backends", flush=True)
     batches = module.make_batches(cfg, steps, args.seed, args.device)
     torch.manual_seed(args.seed)
-    init = cpu_state(module.make_model(backends[0], cfg, args.device))
+    init = cpu_state(module.make_model(backend_and_launch(backends[0])[0], cfg, args.device))
     trainers: dict[str, Trainer] = {}  # kept for the timing rounds
-    for backend in backends:
+    for label in backends:
         torch._dynamo.reset()  # each backend compiles its own graphs
-        plan = [(backend, init)]
-        if backend == reference:
-            plan += [(f"{backend}{PERTURBED_SUFFIX}{i + 1}", perturbed(init, PERTURBATION, args.seed + 1 + i))
+        backend, launch = backend_and_launch(label)
+        plan = [(label, init)]
+        if label == reference:
+            plan += [(f"{label}{PERTURBED_SUFFIX}{i + 1}", perturbed(init, PERTURBATION, args.seed + 1 + i))
                      for i in range(args.perturbed_runs)]
         try:
             trainer = Trainer(module.make_model(backend, cfg, args.device), args.compile, args.amp)
-            for label, state in plan:  # perturbed runs reuse the compiled graph: no recompilation
-                run = trainer.run(label, state, batches, cfg.lr, cfg.warmup)
-                entry["runs"][label] = run.to_dict()
-                print(f"  {label}: loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}, first step "
+            for run_label, state in plan:  # perturbed runs reuse the compiled graph: no recompilation
+                with graph_launch(launch):
+                    run = trainer.run(run_label, state, batches, cfg.lr, cfg.warmup)
+                entry["runs"][run_label] = run.to_dict()
+                print(f"  {run_label}: loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}, first step "
                       f"{run.first_step_s:.1f} s, median step {run.median_step_ms or float('nan'):.2f} ms", flush=True)
                 entry["comparison"] = compare(entry["runs"], reference)
                 results.save()
-            trainers[backend] = trainer
+            trainers[label] = trainer
         except Exception as exc:  # noqa: BLE001 - recorded, and the other backends still run
-            entry["runs"].setdefault(backend, {"error": log_failure(args.out, f"{name}/{backend}", exc)})
+            entry["runs"].setdefault(label, {"error": log_failure(args.out, f"{name}/{label}", exc)})
             entry["comparison"] = compare(entry["runs"], reference)
             results.save()
         finally:
@@ -167,13 +186,15 @@ def timing_rounds(entry: dict, trainers: dict[str, Trainer], batches: list, lr: 
     entry["timing_steps"] = len(batches)
     names = list(trainers)
     for name in names:  # warm-up: recompiles after the resets, fills the allocator
-        trainers[name].time_steps(batches[:2], lr)
+        with graph_launch(backend_and_launch(name)[1]):
+            trainers[name].time_steps(batches[:2], lr)
     for r in range(args.timing_rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         this_round = {}
         for name in order:
             try:
-                this_round[name] = trainers[name].time_steps(batches, lr)
+                with graph_launch(backend_and_launch(name)[1]):
+                    this_round[name] = trainers[name].time_steps(batches, lr)
             except Exception as exc:  # noqa: BLE001 - recorded; the other backends go on
                 log_failure(args.out, f"timing round {r + 1}/{name}", exc)
                 continue
@@ -188,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     precision = "bf16 autocast, float32 weights and AdamW state" if args.amp else "float32"
     settings = {"precision": precision, "compile": args.compile, "fullgraph": True, "seed": args.seed,
+                "graph_launch": args.graph_launch,
                 "timing_warmup": TIMING_WARMUP, "perturbation": PERTURBATION, "quick": args.quick,
                 "command": "python benchmarks/bench_training.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     env = run_environment(args.device, torch.bfloat16 if args.amp else torch.float32, git_commit())

@@ -16,8 +16,9 @@
 #   bash benchmarks/gpu_session.sh compile [ARGS]       bench_compile.py (first call and disk-cache reload)
 #   bash benchmarks/gpu_session.sh autotune [ARGS]      attngen tune causal at the comparison's shape
 #   bash benchmarks/gpu_session.sh head_dims [ARGS]     diagnose_head_dims.py (padded head dims, one process each)
-#   bash benchmarks/gpu_session.sh training [ARGS]      the graph, Flex drop-in and module tests on CUDA, then
-#                                                       bench_training.py (the example models under torch.compile)
+#   bash benchmarks/gpu_session.sh training [ARGS]      the graph, Flex drop-in and module tests on CUDA (again with
+#                                                       ATTNGEN_GRAPH_LAUNCH=inductor), then bench_training.py (the
+#                                                       example models under torch.compile, both graph launches)
 #   bash benchmarks/gpu_session.sh gluon [ARGS]         the Gluon kernels' tests on CUDA, gluon_forward_check.py, then
 #                                                       compare.py's dense and causal rows (its Gluon column)
 #   bash benchmarks/gpu_session.sh serving [ARGS]       the decoding and paged-cache tests on CUDA, then
@@ -107,7 +108,10 @@ case "$stage" in
   training)
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
     ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests/test_graphs.py \
-      tests/test_flex.py tests/test_flex_vocabulary.py tests/test_nn.py 2>&1 | tee -a "$log"
+      tests/test_flex.py tests/test_flex_vocabulary.py tests/test_nn.py tests/test_inductor_launch.py 2>&1 | tee -a "$log"
+    # the graph tests again with the kernels that Inductor launches wherever a call can take them
+    ATTNGEN_GRAPH_LAUNCH=inductor ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers \
+      tests/test_graphs.py tests/test_nn.py tests/test_flex.py 2>&1 | tee -a "$log"
     python3 benchmarks/bench_training.py --out "$out" "$@" 2>&1 | tee -a "$log"
     ;;
   gluon)

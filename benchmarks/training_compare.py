@@ -134,14 +134,17 @@ def overhead_markdown(overhead: dict[str, Any]) -> list[str]:
     lines = ["## Host overhead of one attngen call", ""]
     if "error" in overhead:
         return lines + [f"Not measured: {overhead['error']}", ""]
-    rows = [("bare Triton launch (the generated module's launch_forward)", "bare_launch_us"),
-            ("eager attngen call", "eager_call_us"),
-            ("compiled graph: one attngen call", "graph_attngen_us"),
-            ("compiled graph: 8 chained attngen calls", "graph_attngen_x8_us"),
-            ("one more attngen call in a graph ((x8 - x1) / 7)", "graph_marginal_call_us"),
-            ("compiled graph: one Inductor Triton kernel", "graph_triton_us")]
+    rows = [("bare Triton launch (the generated module's launch_forward)", "bare_launch_us", None),
+            ("eager attngen call", "eager_call_us", None),
+            ("compiled graph: one Inductor Triton kernel", "graph_triton_us", None)]
+    for launch in ("op", "inductor"):  # ATTNGEN_GRAPH_LAUNCH
+        rows += [(f"compiled graph ({launch}): one attngen call", "graph_attngen_us", launch),
+                 (f"compiled graph ({launch}): 8 chained attngen calls", "graph_attngen_x8_us", launch),
+                 (f"compiled graph ({launch}): one more attngen call ((x8 - x1) / 7)", "graph_marginal_call_us",
+                  launch)]
     lines += ["| what | host time per call (us) |", "|---|---|"]
-    lines += [f"| {label} | {_fmt(overhead.get(key), '.1f')} |" for label, key in rows]
+    lines += [f"| {label} | {_fmt((overhead.get(launch) or {}).get(key) if launch else overhead.get(key), '.1f')} |"
+              for label, key, launch in rows]
     lines += ["", overhead.get("summary", ""), ""]
     return lines
 

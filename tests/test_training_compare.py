@@ -54,12 +54,15 @@ def test_markdown_and_plot(tmp_path):
     results = {"environment": {"date_utc": "2026-01-01", "device": "NVIDIA H100", "commit": "abc"},
                "settings": {"precision": "bf16 autocast", "compile": True},
                "models": {"nat": {"description": "tiny NAT", "runs": runs, "comparison": tc.compare(runs, "flex")}},
-               "host_overhead": {"bare_launch_us": 12.0, "graph_attngen_us": 30.0, "graph_triton_us": 25.0,
+               "host_overhead": {"bare_launch_us": 12.0, "graph_triton_us": 25.0,
+                                 "op": {"graph_attngen_us": 30.0}, "inductor": {"graph_attngen_us": 27.5},
                                  "summary": "attngen costs 5.0 us more"}}
     text = tc.markdown(results)
     assert "| attngen | 8.00 | 0.800 | 8.00 |" in text and "| yes |" in text
     assert "| sdpa | failed: RuntimeError: no kernel" in text
     assert "NVIDIA H100" in text and "abc" in text and "attngen costs 5.0 us more" in text
+    assert "| compiled graph (op): one attngen call | 30.0 |" in text
+    assert "| compiled graph (inductor): one attngen call | 27.5 |" in text
     pytest.importorskip("matplotlib")
     path = tc.plot(results, tmp_path / "training.png")
     assert path is not None and path.stat().st_size > 10_000

@@ -18,6 +18,8 @@ from .compiled import CompiledKernel, device_guard
 from .config import DIALECTS, KernelConfig, choose_config
 from .decode import decode as _decode
 from .decode_config import DecodeConfig
+from . import inductor_ops  # noqa: F401 - declares attngen::attention_kernels
+from .graph_launch import kernel_launch_reason
 from .gluon import (default_gluon_backward_config, default_gluon_config, device_reason, gluon_backward_reason,
                     gluon_reason, load_gluon_backward_module, load_gluon_module)
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
@@ -259,7 +261,9 @@ class CompiledAttention(CompiledKernel):
         """The call as the custom op a graph records (torch.compile, torch.export)."""
         common = (self.key, q, k, v, list(bound.values()), call.scale, ops.encode_spatial(call.spatial_shape),
                   ops.encode_config(call.config))
-        if out is not None:
+        if kernel_launch_reason(self, call, q, k, v, bound, out) is None:  # Inductor launches the kernels
+            out, lse = torch.ops.attngen.attention_kernels(*common, call.store_lse, call.return_lse, call.deterministic)
+        elif out is not None:
             lse = (torch.empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32, device=q.device)
                    if call.return_lse else None)
             torch.ops.attngen.attention_into(*common, out, lse)

@@ -157,27 +157,33 @@ def attention_backward(kernel: str, q: Tensor, k: Tensor, v: Tensor, out: Tensor
     return dq, dk, dv, [grads[n] if grads.get(n) is not None else torch.zeros_like(bound[n]) for n in wanted]
 
 
-def _attention_setup(ctx, inputs, output) -> None:
-    kernel, q, k, v, tensors, scale, spatial_shape, config, store_lse, return_lse, deterministic = inputs
-    out, lse = output
-    ctx.settings = (kernel, scale, spatial_shape, config, return_lse, deterministic)
-    ctx.num_tensors = len(tensors)
-    ctx.save_for_backward(q, k, v, out, lse, *tensors)
+def attention_autograd(forward, backward_op) -> None:
+    """Register the autograd formula of ``forward`` (the qualified name of an op with
+    ``attngen::attention``'s schema, or a triton_op's CustomOpDef), whose backward calls
+    ``backward_op`` (an op with ``attngen::attention_backward``'s schema)."""
+
+    def setup_context(ctx, inputs, output) -> None:
+        kernel, q, k, v, tensors, scale, spatial_shape, config, store_lse, return_lse, deterministic = inputs
+        out, lse = output
+        ctx.settings = (kernel, scale, spatial_shape, config, return_lse, deterministic)
+        ctx.num_tensors = len(tensors)
+        ctx.save_for_backward(q, k, v, out, lse, *tensors)
+
+    def backward(ctx, dout, dlse):
+        kernel, scale, spatial_shape, config, return_lse, deterministic = ctx.settings
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        wanted = [bool(w) for w in ctx.needs_input_grad[4]] if ctx.num_tensors else []
+        dq, dk, dv, grads = backward_op(kernel, q, k, v, out, lse, dout, dlse if return_lse else None, tensors,
+                                        wanted, scale, spatial_shape, config, deterministic)
+        found = iter(grads)
+        tensor_grads = [next(found) if w else None for w in wanted]
+        return None, dq, dk, dv, tensor_grads, None, None, None, None, None, None
+
+    lib = _LIBRARY if isinstance(forward, str) else None
+    torch.library.register_autograd(forward, backward, setup_context=setup_context, lib=lib)
 
 
-def _attention_grad(ctx, dout, dlse):
-    kernel, scale, spatial_shape, config, return_lse, deterministic = ctx.settings
-    q, k, v, out, lse, *tensors = ctx.saved_tensors
-    wanted = [bool(w) for w in ctx.needs_input_grad[4]] if ctx.num_tensors else []
-    dq, dk, dv, grads = torch.ops.attngen.attention_backward(
-        kernel, q, k, v, out, lse, dout, dlse if return_lse else None, tensors, wanted, scale, spatial_shape,
-        config, deterministic)
-    found = iter(grads)
-    tensor_grads = [next(found) if w else None for w in wanted]
-    return None, dq, dk, dv, tensor_grads, None, None, None, None, None, None
-
-
-torch.library.register_autograd("attngen::attention", _attention_grad, setup_context=_attention_setup, lib=_LIBRARY)
+attention_autograd("attngen::attention", torch.ops.attngen.attention_backward)
 
 
 # --------------------------------------------------------------------------- linear attention
