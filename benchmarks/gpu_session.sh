@@ -21,6 +21,10 @@
 #                                                       example models under torch.compile, both graph launches)
 #   bash benchmarks/gpu_session.sh gluon [ARGS]         the Gluon kernels' tests on CUDA, gluon_forward_check.py, then
 #                                                       compare.py's dense and causal rows (its Gluon column)
+#   bash benchmarks/gpu_session.sh pending              what landed without a GPU run, in one call of under ten
+#                                                       minutes (each step time-boxed): the Inductor-launched graph
+#                                                       calls' tests, training_overhead.py --profile, the Gluon
+#                                                       kernel tests, the tensors over 2**31 elements -> gpu_tests/
 #   bash benchmarks/gpu_session.sh serving [ARGS]       the decoding and paged-cache tests on CUDA, then
 #                                                       bench_serving.py (decoding against Flex and SDPA)
 # Each run also writes FAMILY.log: the environment (date, GPU, driver, versions, commit), then
@@ -33,7 +37,7 @@ case "$stage" in
   norms) stage=normalizations ;;
 esac
 family=$stage
-case "$stage" in tests|tests_gluon) family=gpu_tests ;; esac
+case "$stage" in tests|tests_gluon|pending) family=gpu_tests ;; esac
 out=${OUT:-benchmarks/results/$family}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -113,6 +117,17 @@ case "$stage" in
     ATTNGEN_GRAPH_LAUNCH=inductor ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers \
       tests/test_graphs.py tests/test_nn.py tests/test_flex.py 2>&1 | tee -a "$log"
     python3 benchmarks/bench_training.py --out "$out" "$@" 2>&1 | tee -a "$log"
+    ;;
+  pending)
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+    step() { local limit=$1; shift; echo "== $* (at most ${limit}s)" | tee -a "$log"; timeout "$limit" "$@" 2>&1 | tee -a "$log"; }
+    step 120 env ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests/test_inductor_launch.py
+    step 120 env ATTNGEN_GRAPH_LAUNCH=inductor ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider \
+      $workers tests/test_graphs.py tests/test_nn.py
+    step 90 python3 benchmarks/training_overhead.py --profile
+    step 120 env ATTNGEN_DIALECT=gluon ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers \
+      tests/test_gluon.py tests/test_backward.py tests/test_graphs.py
+    step 120 env ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_large_tensors.py
     ;;
   gluon)
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
