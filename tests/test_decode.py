@@ -129,6 +129,23 @@ def test_million_token_cache():
     assert rel_l2(out, ref) <= tolerance(torch.bfloat16)
 
 
+@pytest.mark.skipif(not ON_GPU, reason="races between programs need a GPU")
+def test_last_split_merges_every_time():
+    """The split that counts last merges the others' partial results, which they wrote just
+    before: 200 steps at B=1 with 64 splits (the shape where the splits finish closest
+    together) all equal one unsplit launch, with sinks, so both the output and lse would show
+    a part read before it was written."""
+    attn = ag.compile(ag.Variant(norm=ag.softmax(sink=True), name="dec_sinks_dense"))
+    q = torch.randn(1, 32, 1, 128, device=DEVICE, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, 8192, 128, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    sinks = torch.randn(32, device=DEVICE)
+    want, want_lse = attn.decode(q, k, v, num_splits=1, return_lse=True, sinks=sinks)
+    for _ in range(200):
+        out, lse = attn.decode(q, k, v, num_splits=64, return_lse=True, sinks=sinks, check=False)
+        torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(lse, want_lse, rtol=1e-4, atol=1e-4)
+
+
 def test_head_dims_and_float16():
     """D not a power of two, Dv != D, float16 inputs."""
     case = make_case(B=2, Hq=4, Hkv=4, L=70, D=40, Dv=24, lens=[70, 33], Lq=3, dtype=torch.float16)

@@ -4,7 +4,8 @@
 ``decode_impl``: directly in eager mode, through the custom op ``attngen::decode`` when a
 graph is traced (torch.compile, torch.export), so that a decode step traces with no graph
 break. The kernels are the compiled variant's own (templates/decode.py.j2, in the same
-generated module as its forward): split-KV programs, then a merge. The launch makes no host
+generated module as its forward): split-KV programs in one launch, the last split of each row
+tile merging them. The launch makes no host
 read (the split count comes from shapes and the SM count), so a CUDA graph can capture it;
 only the optional content checks (``check=True``, decode_checks.py) read the device.
 """
@@ -68,13 +69,18 @@ def decode_impl(attn, q: Tensor, k_cache: Tensor, v_cache: Tensor, seq_lens: Opt
     softmax = attn.ir.algorithm == ONLINE_SOFTMAX
     out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
     lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device) if return_lse else None
-    # fp32 scratch for the splits' partial outputs (and log-sum-exps), merged into out
-    part = torch.empty((p.B, p.HQ, p.Lq, config.num_splits, p.DV), dtype=torch.float32, device=p.device)
-    part_lse = torch.empty(part.shape[:4], dtype=torch.float32, device=p.device) if softmax else None
+    part = part_lse = counters = None
+    if config.num_splits > 1:
+        # fp32 scratch for the splits' partial outputs (and log-sum-exps), merged into out by
+        # the split of each row tile that finishes last, which a zeroed counter per tile finds
+        part = torch.empty((p.B, p.HQ, p.Lq, config.num_splits, p.DV), dtype=torch.float32, device=p.device)
+        part_lse = torch.empty(part.shape[:4], dtype=torch.float32, device=p.device) if softmax else None
+        row_tiles = -(-(p.HQ // p.HKV * p.Lq) // config.block_m)
+        counters = torch.zeros(p.B * p.HKV * row_tiles, dtype=torch.int32, device=p.device)
     attn.poison(out, lse, part, part_lse)
     with device_guard(p.device):
-        attn.module(p.device).launch_decode(q, k_cache, v_cache, out, lse, part, part_lse, seq_lens, block_table,
-                                            sm_scale, bound, config)
+        attn.module(p.device).launch_decode(q, k_cache, v_cache, out, lse, part, part_lse, counters, seq_lens,
+                                            block_table, sm_scale, bound, config)
     return out, lse
 
 
