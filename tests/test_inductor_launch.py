@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEVICE, ON_GPU
+from helpers import DEVICE, ON_GPU, rel_l2
 
 import attngen as ag
 from attngen.runtime.graph_launch import graph_launch
@@ -159,3 +159,26 @@ def test_inductor_launches_under_cuda_graphs(monkeypatch):
         want = torch.autograd.grad(loss_of(q, k, v, slopes), (q, slopes))
         for g, w in zip(got, want):
             torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="Inductor launches Triton kernels on a GPU")
+def test_inductor_launches_inside_modules(monkeypatch):
+    """attngen.nn's modules hand the kernels strided views of one fused qkv projection; the
+    graph Inductor builds around them must keep the strides the launch was traced with."""
+    import attngen.nn as agnn
+
+    monkeypatch.setenv("ATTNGEN_GRAPH_LAUNCH", "inductor")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    sinks = ag.Variant(mask=ag.sliding_window(31), norm=ag.softmax(sink=True), name="inductor_module_sinks")
+    modules = [(agnn.Attention(128, 4, num_kv_heads=2, variant=sinks), torch.randn(2, 96, 128, device=DEVICE)),
+               (agnn.NeighborhoodAttention2D(128, 4, kernel_size=5, dilation=2), torch.randn(2, 16, 16, 128,
+                                                                                             device=DEVICE))]
+    for module, x in modules:
+        module = module.to(DEVICE)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            expected = torch.autograd.grad(module(x).float().square().sum(), list(module.parameters()))
+            got = torch.autograd.grad(torch.compile(module, fullgraph=True)(x).float().square().sum(),
+                                      list(module.parameters()))
+        for g, e in zip(got, expected):  # bf16 autocast: Inductor fuses the rest differently
+            assert rel_l2(g.float(), e.float()) < 3e-2
