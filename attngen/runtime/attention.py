@@ -12,16 +12,15 @@ import triton
 from ..codegen.render_gluon import gluon_backward_unsupported, gluon_unsupported
 from ..ir.kernel import DENSE, NEIGHBORHOOD, TILES, KernelIR
 from ..ir.nodes import Variant
-from . import ops
+from . import inductor_ops, ops  # inductor_ops declares attngen::attention_kernels
 from .autograd import AttentionFunction, BackwardSetup, run_backward
 from .compiled import CompiledKernel, device_guard
 from .config import DIALECTS, KernelConfig, choose_config
 from .decode import decode as _decode
 from .decode_config import DecodeConfig
-from . import inductor_ops  # noqa: F401 - declares attngen::attention_kernels
-from .graph_launch import kernel_launch_reason
 from .gluon import (default_gluon_backward_config, default_gluon_config, device_reason, gluon_backward_reason,
                     gluon_reason, load_gluon_backward_module, load_gluon_module)
+from .graph_launch import kernel_launch_reason
 from .neighborhood import plan as plan_neighborhood, prefers_dense_tiles
 from .tiles import TileCache
 from .validate import (Problem, check_call_options, check_out, check_qkv, check_runtime_tensors, check_scale, in_graph,

@@ -19,6 +19,9 @@ calls skip the dispatcher). The ops are declared with ``torch.library.Library`` 
 kernels per device rather than ``torch.library.custom_op``, whose wrapper (a Dynamo-disabled
 frame and an aliasing check on every call) doubled the host time of a call (CPU, no GPU
 work: 37 against 17 us a call with autograd registered, 5.5 us without).
+runtime/inductor_ops.py declares two more with the same schemas as ``attention`` and
+``attention_backward``, whose kernels Inductor launches itself (runtime/graph_launch.py says
+which graph calls take them).
 Settings that are not tensors travel as plain schema arguments; a launch configuration as
 its JSON text ("" for the default choice), a neighborhood's grid as "X,Y[,Z]".
 """
