@@ -4,8 +4,10 @@ runtime/graph_launch.py under ATTNGEN_GRAPH_LAUNCH=inductor).
 CPU: tests/inductor_trace.py traces calls as AOT autograd does for Inductor, over fake CUDA
 tensors: each eligible forward and backward becomes exactly its generated kernels, which
 write only the buffers they allocate (never q, k, v or the incoming gradients); every other
-call keeps the opaque ``attngen::attention`` op. GPU: the same calls compiled by Inductor
-match eager calls and the reference, forward and backward, with CUDA graphs too.
+call keeps the opaque ``attngen::attention`` op. Called eagerly, the ops' bodies launch the
+kernels (under the interpreter on the CPU) and their autograd matches the reference. GPU: the
+same calls compiled by Inductor match eager calls, forward and backward, with CUDA graphs and
+inside attngen.nn's modules.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEVICE, ON_GPU, rel_l2
+from helpers import DEVICE, FP32_CLOSE, ON_GPU, rel_l2
 
 import attngen as ag
 from attngen.runtime.graph_launch import graph_launch
@@ -87,22 +89,53 @@ def test_graph_launch_setting_is_checked(monkeypatch):
         graph_launch()
 
 
-# --------------------------------------------------------------------------- on the GPU
+# --------------------------------------------------------------------------- the ops run eagerly
 @ag.score_mod
 def _alibi(score, b, h, q_idx, kv_idx, slopes):
     return score - slopes[h] * abs(q_idx - kv_idx)
 
 
-GPU_CASES = {  # variant, learned runtime tensors (H,), spatial_shape
-    "causal": (ag.Variant(mask=ag.causal(), name="inductor_causal"), (), None),
-    "alibi": (ag.Variant(score=_alibi, mask=ag.causal(), name="inductor_alibi"), ("slopes",), None),
-    "sinks": (ag.Variant(mask=ag.sliding_window(63), norm=ag.softmax(sink=True), name="inductor_sinks"),
-              ("sinks",), None),
-    "na2d": (ag.Variant(mask=ag.neighborhood(5), name="inductor_na2d"), (), (16, 16)),
-    "sigmoid": (ag.Variant(mask=ag.causal(), norm=ag.sigmoid(), name="inductor_sigmoid"), (), None),
+CASES = {  # variant, learned runtime tensors (H,); the neighborhood's grid is (L / 16, 16)
+    "causal": (ag.Variant(mask=ag.causal(), name="inductor_causal"), ()),
+    "alibi": (ag.Variant(score=_alibi, mask=ag.causal(), name="inductor_alibi"), ("slopes",)),
+    "sinks": (ag.Variant(mask=ag.sliding_window(63), norm=ag.softmax(sink=True), name="inductor_sinks"), ("sinks",)),
+    "na2d": (ag.Variant(mask=ag.neighborhood(5), name="inductor_na2d"), ()),
+    "sigmoid": (ag.Variant(mask=ag.causal(), norm=ag.sigmoid(), name="inductor_sigmoid"), ()),
 }
 
 
+def _spatial(name: str, L: int) -> dict:
+    return {"spatial_shape": (L // 16, 16)} if name == "na2d" else {}
+
+
+@pytest.mark.parametrize("name", ["causal", "alibi", "sinks", "na2d"])
+def test_ops_run_eagerly_with_their_autograd(name):
+    """Called outside a graph (a graph compiled with the eager backend does so), the ops' bodies
+    launch the kernels themselves, here under the interpreter: output, lse and every gradient,
+    through the autograd formula the ops share with attngen::attention, match the reference."""
+    from attngen.runtime import ops
+
+    variant, learned = CASES[name]
+    attn = ag.compile(variant)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 128, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    tensors = {n: torch.rand(2, device=DEVICE, requires_grad=True) for n in learned}
+    extra = _spatial(name, 128)
+    out, lse = torch.ops.attngen.attention_kernels(attn.key, q, k, v, list(tensors.values()), None,
+                                                   ops.encode_spatial(extra.get("spatial_shape")), "", True, True,
+                                                   False)
+    inputs = (q, k, v, *tensors.values())
+    grads = torch.autograd.grad(out.square().sum() + lse.sum(), inputs)
+    ref_out, ref_lse = ag.reference(variant)(q, k, v, return_lse=True, **tensors, **extra)
+    ref_grads = torch.autograd.grad(ref_out.square().sum() + ref_lse.sum(), inputs)
+    torch.testing.assert_close(out, ref_out.to(out.dtype), **FP32_CLOSE)
+    torch.testing.assert_close(lse, ref_lse.to(lse.dtype), **FP32_CLOSE)
+    grad_close = dict(rtol=2e-2, atol=2e-2) if ON_GPU else dict(rtol=1e-3, atol=1e-3)  # tf32 products on the GPU
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want.to(got.dtype), **grad_close)
+
+
+# --------------------------------------------------------------------------- on the GPU
 def _inputs(H=4, L=256, D=64):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, H, L, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
@@ -110,7 +143,7 @@ def _inputs(H=4, L=256, D=64):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="Inductor launches Triton kernels on a GPU")
-@pytest.mark.parametrize("name", list(GPU_CASES))
+@pytest.mark.parametrize("name", list(CASES))
 def test_inductor_launches_match_eager(name, monkeypatch):
     """torch.compile(fullgraph=True) with Inductor: the generated code launches the variant's
     kernels itself (no attngen op left in it) and the loss and every gradient match eager."""
@@ -118,11 +151,11 @@ def test_inductor_launches_match_eager(name, monkeypatch):
 
     monkeypatch.setenv("ATTNGEN_GRAPH_LAUNCH", "inductor")
     torch._dynamo.reset()
-    variant, learned, spatial = GPU_CASES[name]
+    variant, learned = CASES[name]
     attn = ag.compile(variant)
     q, k, v = _inputs()
     tensors = {n: torch.rand(q.shape[1], device=DEVICE, requires_grad=True) for n in learned}
-    extra = {"spatial_shape": spatial} if spatial else {}
+    extra = _spatial(name, q.shape[2])
 
     def loss_of(q, k, v, tensors):
         return attn(q, k, v, **tensors, **extra).float().square().sum()
@@ -145,7 +178,7 @@ def test_inductor_launches_under_cuda_graphs(monkeypatch):
     replays them with new inputs and new learned slopes."""
     monkeypatch.setenv("ATTNGEN_GRAPH_LAUNCH", "inductor")
     torch._dynamo.reset()
-    variant, _, _ = GPU_CASES["alibi"]
+    variant, _ = CASES["alibi"]
     attn = ag.compile(variant)
 
     def loss_of(q, k, v, slopes):
