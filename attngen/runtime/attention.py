@@ -18,6 +18,7 @@ from .compiled import CompiledKernel, device_guard
 from .config import DIALECTS, KernelConfig, choose_config
 from .decode import decode as _decode
 from .decode_config import DecodeConfig
+from .fast_launch import launch_wrap
 from .gluon import (default_gluon_backward_config, default_gluon_config, device_reason, gluon_backward_reason,
                     gluon_reason, load_gluon_backward_module, load_gluon_module)
 from .graph_launch import kernel_launch_reason
@@ -66,6 +67,12 @@ def _one_run_per_tile(tiles) -> bool:
     """Whether the Gluon forward can walk ``tiles``: no lists (dense, bands) or lists whose
     every query tile is one run (``TileLists.runs``)."""
     return tiles is None or getattr(tiles, "runs", None) is not None
+
+
+def _wrap(config: KernelConfig, device: torch.device) -> dict:
+    """The tl launchers' ``wrap`` for an eager launch (runtime/fast_launch.py); the Gluon
+    launchers take none."""
+    return {} if config.dialect == "gluon" else {"wrap": launch_wrap(device)}
 
 
 @dataclass(frozen=True)
@@ -326,7 +333,8 @@ class CompiledAttention(CompiledKernel):
                     if not _one_run_per_tile(tiles):
                         raise ValueError(f"config.dialect='gluon': {NOT_RUNS}")
                     module = self.gluon_module()
-                module.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, call.config)
+                module.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, call.config,
+                                      **_wrap(call.config, p.device))
                 self.last_config, self.last_config_source = call.config, "explicit"
             else:
                 self.last_config = self._launch_with_fallback(module, p, q, k, v, out, lse, sm_scale, bound, axes,
@@ -494,7 +502,7 @@ class CompiledAttention(CompiledKernel):
                     continue
                 launcher = self.gluon_module()
             try:
-                launcher.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, config)
+                launcher.launch_forward(q, k, v, out, lse, sm_scale, bound, tiles, config, **_wrap(config, p.device))
             except triton.runtime.errors.OutOfResources as exc:
                 smaller = config.smaller()
                 if smaller is None and config.dialect == "gluon":

@@ -19,6 +19,7 @@ import torch
 import triton
 
 from .config import KernelConfig
+from .fast_launch import launch_wrap
 
 
 def backward_config(device: torch.device, forward: KernelConfig, small_tiles: bool) -> tuple[KernelConfig, KernelConfig]:
@@ -73,7 +74,8 @@ def run_backward(setup: BackwardSetup, forward_config: KernelConfig, q, k, v, ou
                    for n in setup.kernel_grads}
         try:
             dq, dk, dv = setup.module.launch_backward(q, k, v, out, lse, dout, dlse, setup.sm_scale,
-                                                      setup.tensors, buffers, config, setup.tiles_for(config))
+                                                      setup.tensors, buffers, config, setup.tiles_for(config),
+                                                      wrap=launch_wrap(q.device))
             break
         except triton.runtime.errors.OutOfResources:
             smaller = _smaller(config)

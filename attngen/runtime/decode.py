@@ -25,6 +25,7 @@ from ..passes.normalization import ONLINE_SOFTMAX
 from .compiled import device_guard
 from .decode_checks import cache_sizes, check_cache_call, check_cache_contents, device_reads_allowed
 from .decode_config import DecodeConfig, check_num_splits, choose_decode_config
+from .fast_launch import launch_wrap
 from .ops import _define, decode_config as parse_config, encode_config, kernel_for
 from .validate import check_runtime_tensors, check_scale, in_graph
 
@@ -80,7 +81,7 @@ def decode_impl(attn, q: Tensor, k_cache: Tensor, v_cache: Tensor, seq_lens: Opt
     attn.poison(out, lse, part, part_lse)
     with device_guard(p.device):
         attn.module(p.device).launch_decode(q, k_cache, v_cache, out, lse, part, part_lse, counters, seq_lens,
-                                            block_table, sm_scale, bound, config)
+                                            block_table, sm_scale, bound, config, wrap=launch_wrap(p.device))
     return out, lse
 
 
