@@ -22,9 +22,9 @@ def _spy(attn) -> list:
     module = attn.module(torch.device(DEVICE))
     launch, seen = module.launch_forward, []
 
-    def recording(q, k, v, out, lse, *rest):
+    def recording(q, k, v, out, lse, *rest, **options):
         seen.append(lse)
-        return launch(q, k, v, out, lse, *rest)
+        return launch(q, k, v, out, lse, *rest, **options)
 
     module.launch_forward = recording
     return seen

@@ -72,7 +72,8 @@ def _one_run_per_tile(tiles) -> bool:
 def _wrap(config: KernelConfig, device: torch.device) -> dict:
     """The tl launchers' ``wrap`` for an eager launch (runtime/fast_launch.py); the Gluon
     launchers take none."""
-    return {} if config.dialect == "gluon" else {"wrap": launch_wrap(device)}
+    wrap = None if config.dialect == "gluon" else launch_wrap(device)
+    return {} if wrap is None else {"wrap": wrap}
 
 
 @dataclass(frozen=True)
