@@ -6,6 +6,7 @@ fixed Python overhead there.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -145,11 +146,18 @@ def choose_config(device: torch.device, dtype: torch.dtype, d: int, dv: int, lq:
     64x64 tiles on 4 warps leave the score's code registers: tanh soft-capping 326 vs 267
     TFLOP/s with 128x128 on 8 warps (four rounds, the same NOTES entry).
     """
-    if device.type != "cuda":
+    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else None
+    return _choose_config(major, dtype, d, dv, lq, lkv, tile_reads, masked, sigmoid, halves, score_mod, causal_like)
+
+
+@functools.lru_cache(maxsize=1024)  # a pure function of its arguments, asked on every backward's setup
+def _choose_config(major: int | None, dtype: torch.dtype, d: int, dv: int, lq: int, lkv: int, tile_reads: bool,
+                   masked: bool, sigmoid: bool, halves: bool, score_mod: bool, causal_like: bool) -> KernelConfig:
+    """choose_config for a device of compute capability ``major`` (None: the interpreter)."""
+    if major is None:
         bm = min(64, max(16, triton.next_power_of_2(lq)))
         bn = min(64, max(16, triton.next_power_of_2(lkv)))
         return KernelConfig(bm, bn, 4, 1)
-    major, _ = torch.cuda.get_device_capability(device)
     dmax = max(d, dv)
     if dtype != torch.float32 and d % 16 and dv % 16:
         # Triton 3.6 on the H100 computes wrong fp16/bf16 results when both head dims

@@ -150,10 +150,14 @@ class NeighborhoodPlan:
         programs."""
         return math.prod(a.dilation * -(-(-(-a.size // a.dilation)) // tn) for a, tn in zip(self.axes, self.kv_box))
 
+    @functools.cached_property
+    def _search_constexprs(self) -> dict[str, int]:
+        return {f"SEARCH_STEPS{i}": a.size.bit_length() + 1 for i, a in enumerate(self.axes)}
+
     def search_constexprs(self) -> dict[str, int]:
         """SEARCH_STEPS0..2: the halvings that cover each axis (the dK/dV pass's binary
         searches over query positions; each search loop runs that many times)."""
-        return {f"SEARCH_STEPS{i}": a.size.bit_length() + 1 for i, a in enumerate(self.axes)}
+        return self._search_constexprs
 
     @property
     def inner_query_boxes(self) -> bool:
@@ -201,16 +205,26 @@ class NeighborhoodPlan:
         saves a second pipeline fill and the shell's slab arithmetic (NOTES.md, Neighborhoods, 2026-11-24)."""
         return one_axis_varies(self.axes) or not self.has_partial
 
+    # The launchers read the next four on every launch, and a plan is shared (plan() is
+    # cached): each is computed once, and the dicts are shared too (unpacked, never modified).
     def constexprs(self) -> dict[str, object]:
         """The forward and dQ kernels' compile-time geometry, tile boxes, HAS_PARTIAL and
         FULL_BOXES."""
-        out = self.box_constexprs()
-        out["HAS_PARTIAL"] = self.has_partial
-        out["FULL_BOXES"] = self.full_boxes_first
-        return out
+        return self._constexprs
 
     def box_constexprs(self) -> dict[str, object]:
         """The compile-time geometry and tile boxes."""
+        return self._box_constexprs
+
+    def sizes(self) -> tuple[int, int, int]:
+        return self._sizes
+
+    @functools.cached_property
+    def _constexprs(self) -> dict[str, object]:
+        return {**self._box_constexprs, "HAS_PARTIAL": self.has_partial, "FULL_BOXES": self.full_boxes_first}
+
+    @functools.cached_property
+    def _box_constexprs(self) -> dict[str, object]:
         out: dict[str, object] = {}
         for i, (a, tm, tn) in enumerate(zip(self.axes, self.q_box, self.kv_box)):
             out.update({f"K{i}": a.kernel, f"DIL{i}": a.dilation, f"STR{i}": a.stride, f"CAUSAL{i}": a.causal,
@@ -219,7 +233,8 @@ class NeighborhoodPlan:
         out["FIRST_AXIS"] = next((i for i, a in enumerate(self.axes) if a.size > 1), RANK - 1)
         return out
 
-    def sizes(self) -> tuple[int, int, int]:
+    @functools.cached_property
+    def _sizes(self) -> tuple[int, int, int]:
         return tuple(a.size for a in self.axes)  # type: ignore[return-value]
 
 

@@ -5,6 +5,8 @@ Errors are ``TypeError`` (wrong kind of object, missing or unexpected tensor, dt
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
@@ -196,15 +198,31 @@ def check_runtime_tensors(params: tuple[TensorParam, ...], given: Mapping[str, o
 
 def resolve_spatial(mask, spatial_shape: object, p: Problem):
     """The neighborhood of ``mask`` resolved at ``spatial_shape`` (three axes), checked."""
-    from ..ir.nodes import Neighborhood
-    from .neighborhood import resolve_axes
-
-    found = [m for m in mask.leaves() if isinstance(m, Neighborhood)]
     if spatial_shape is None:
         raise TypeError("spatial_shape is required for neighborhood variants, e.g. spatial_shape=(H, W)")
     if p.Lq != p.Lkv:
         raise ValueError(f"neighborhood attention needs Lq == Lkv, got Lq={p.Lq}, Lkv={p.Lkv}")
-    return [resolve_axes(na, spatial_shape, p.Lq) for na in found]
+    if isinstance(spatial_shape, (tuple, list)) and all(type(s) is int for s in spatial_shape):
+        try:
+            return _resolved(mask, tuple(spatial_shape), p.Lq)  # the usual call: remembered
+        except TypeError:  # an unhashable mask; or the geometry's own TypeError, raised again below
+            pass
+    return _resolve(mask, spatial_shape, p.Lq)
+
+
+def _resolve(mask, spatial_shape: object, length: int) -> list:
+    from ..ir.nodes import Neighborhood
+    from .neighborhood import resolve_axes
+
+    return [resolve_axes(na, spatial_shape, length) for na in mask.leaves() if isinstance(na, Neighborhood)]
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(mask, spatial_shape: tuple[int, ...], length: int) -> list:
+    """``_resolve`` for a grid of plain ints: every eager call of a neighborhood variant asks
+    it, and the geometry's checks cost more than a launch's arithmetic. Errors are raised,
+    never cached. The result is shared: callers read it."""
+    return _resolve(mask, spatial_shape, length)
 
 
 def check_out(out: object, p: Problem, inputs: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
