@@ -16,29 +16,15 @@ import os
 os.environ["TRITON_INTERPRET"] = "0"
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 import triton.compiler.compiler as triton_compiler  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
 
 import attngen as ag  # noqa: E402
 from attngen.runtime.config import KernelConfig  # noqa: E402
 from attngen.runtime.decode_config import DecodeConfig  # noqa: E402
 from attngen.runtime.fast_launch import fast  # noqa: E402
+import offline_sm90  # noqa: E402
 
 LAUNCHES: list[tuple] = []  # what reached the C launcher: (compiled kernel, its arguments)
-
-
-class Hopper:
-    """What the launch path asks of a driver."""
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 7
 
 
 def recording_handles(self):
@@ -82,7 +68,7 @@ def twice(launch) -> tuple[tuple, tuple, int]:
 
 
 def main() -> None:
-    triton.runtime.driver.set_active(Hopper())
+    offline_sm90.activate()
     triton_compiler.CompiledKernel._init_handles = recording_handles
     found = {}
     bf16 = dict(dtype=torch.bfloat16)

@@ -279,3 +279,14 @@ def check_grads(variant_or_attn, B, Hq, Hkv, Lq, Lkv, D, Dv, dtype, *, config=No
         err = rel_l2(a, b)
         assert err < tol, f"d{name}: relative error {err:.2e}"
     return got
+
+
+# Mods that several test files share
+@ag.score_mod
+def alibi(score, b, h, q_idx, kv_idx, slopes):
+    return score - slopes[h] * abs(q_idx - kv_idx)
+
+
+@ag.mask_mod
+def same_doc(b, h, q_idx, kv_idx, document):
+    return document[b, q_idx] == document[b, kv_idx]

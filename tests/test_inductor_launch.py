@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEVICE, FP32_CLOSE, ON_GPU, rel_l2
+from helpers import DEVICE, FP32_CLOSE, ON_GPU, alibi, rel_l2
 
 import attngen as ag
 from attngen.runtime.graph_launch import graph_launch
@@ -90,14 +90,9 @@ def test_graph_launch_setting_is_checked(monkeypatch):
 
 
 # --------------------------------------------------------------------------- the ops run eagerly
-@ag.score_mod
-def _alibi(score, b, h, q_idx, kv_idx, slopes):
-    return score - slopes[h] * abs(q_idx - kv_idx)
-
-
 CASES = {  # variant, learned runtime tensors (H,); the neighborhood's grid is (L / 16, 16)
     "causal": (ag.Variant(mask=ag.causal(), name="inductor_causal"), ()),
-    "alibi": (ag.Variant(score=_alibi, mask=ag.causal(), name="inductor_alibi"), ("slopes",)),
+    "alibi": (ag.Variant(score=alibi, mask=ag.causal(), name="inductor_alibi"), ("slopes",)),
     "sinks": (ag.Variant(mask=ag.sliding_window(63), norm=ag.softmax(sink=True), name="inductor_sinks"), ("sinks",)),
     "na2d": (ag.Variant(mask=ag.neighborhood(5), name="inductor_na2d"), ()),
     "sigmoid": (ag.Variant(mask=ag.causal(), norm=ag.sigmoid(), name="inductor_sigmoid"), ()),
