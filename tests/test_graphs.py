@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEVICE, FP32_CLOSE, ON_GPU
+from helpers import DEVICE, FP32_CLOSE, ON_GPU, alibi, same_doc
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import attngen as ag
@@ -29,16 +29,6 @@ def qkv(B=1, H=2, HKV=2, L=48, D=16, requires_grad=False, dtype=torch.float32):
     def make(h):
         return torch.randn(B, h, L, D, device=DEVICE, dtype=dtype, requires_grad=requires_grad)
     return make(H), make(HKV), make(HKV)
-
-
-@ag.score_mod
-def alibi(score, b, h, q_idx, kv_idx, slopes):
-    return score - slopes[h] * abs(q_idx - kv_idx)
-
-
-@ag.mask_mod
-def same_doc(b, h, q_idx, kv_idx, document):
-    return document[b, q_idx] == document[b, kv_idx]
 
 
 ALIBI_CAUSAL = ag.Variant(score=alibi, mask=ag.causal(), name="graph_alibi_causal")
