@@ -7,6 +7,7 @@ interprets Triton kernels (TRITON_INTERPRET=1) and the fast path serves compiled
 stand-in driver names an sm90 target (kernels compile for it on the CPU, ptxas included), and
 the compiled kernels' launcher is replaced by a recorder. CPU tensors stand in for CUDA ones:
 the launch path only reads their dtypes and addresses. Prints one JSON object: check -> result.
+Covered: the softmax forward and backward, decoding, and linear attention's forward and step.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import triton.compiler.compiler as triton_compiler  # noqa: E402
 import attngen as ag  # noqa: E402
 from attngen.runtime.config import KernelConfig  # noqa: E402
 from attngen.runtime.decode_config import DecodeConfig  # noqa: E402
+from attngen.runtime.linear import LinearConfig  # noqa: E402
 from attngen.runtime.fast_launch import fast  # noqa: E402
 import offline_sm90  # noqa: E402
 
@@ -142,6 +144,25 @@ def main() -> None:
 
     plain, hit, n = twice(decode)
     found["decode: one launch, the same as Triton's"] = n == 1 and len(hit) == 1 and same(plain[0], hit[0])
+    linear = ag.compile(ag.Variant(mask=ag.causal(), norm=ag.linear("elu1", decay=True), name="fast_linear"))
+    lmodule = linear.module(torch.device("cuda"))
+    ql, kl, vl = (torch.randn(1, 2, 64, 32, **bf16) for _ in range(3))
+    ol, den, decay = torch.empty_like(ql), torch.empty(1, 2, 64), -torch.rand(2)
+
+    def linear_forward(wrap):
+        lmodule.launch_forward(ql, kl, vl, ol, den, decay, LinearConfig(chunk=32), wrap=wrap)
+
+    plain, hit, n = twice(linear_forward)
+    found["linear forward: one launch, the same as Triton's"] = n == 1 and len(hit) == 1 and same(plain[0], hit[0])
+    state, k_sum = torch.zeros(1, 2, 32, 32), torch.zeros(1, 2, 32)
+    q1, k1, v1 = (t[:, :, :1] for t in (ql, kl, vl))
+
+    def step(wrap):
+        lmodule.launch_step(q1, k1, v1, ol[:, :, :1], state, k_sum, torch.empty_like(k_sum), decay, 32, wrap=wrap)
+
+    plain, hit, n = twice(step)
+    found["linear step: one launch, the same as Triton's"] = (
+        n == 1 and len(hit) == 1 and same(plain[0], hit[0], fresh=True))
     print(json.dumps(found))
 
 

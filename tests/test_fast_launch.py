@@ -35,6 +35,8 @@ def checks() -> dict[str, bool]:
     "another length: its own entry, the same as Triton's",
     "backward: three launches, the same as Triton's",
     "decode: one launch, the same as Triton's",
+    "linear forward: one launch, the same as Triton's",
+    "linear step: one launch, the same as Triton's",
 ])
 def test_fast_path_launches_what_triton_launches(checks, check):
     assert checks[check]

@@ -18,6 +18,7 @@ from ..ir.kernel import BAND, KernelIR
 from ..ir.nodes import Variant
 from . import ops
 from .compiled import CompiledKernel, device_guard
+from .fast_launch import launch_wrap
 from .validate import Problem, check_out, check_qkv, check_runtime_tensors, in_graph
 
 
@@ -237,8 +238,9 @@ class CompiledLinearAttention(CompiledKernel):
         self.poison(out, den)
         cls = (q.device, q.dtype, D, DV, "forward")
         start = call.config or self._fitted.get(cls) or self.config_for(q.device, q.dtype, D, DV)
+        wrap = launch_wrap(q.device)
         with device_guard(q.device):
-            _, used = _launch(lambda c: module.launch_forward(q, k, v, out, den, decay_log, c), start,
+            _, used = _launch(lambda c: module.launch_forward(q, k, v, out, den, decay_log, c, wrap=wrap), start,
                               call.config is not None, f"variant '{self.ir.name}' forward")
         if call.config is None:
             self._fitted[cls] = used
@@ -252,8 +254,10 @@ class CompiledLinearAttention(CompiledKernel):
         cls = (q.device, q.dtype, D, DV, "backward", needs[3])
         start = (call.backward_config or self._fitted.get(cls)
                  or self.config_for(q.device, q.dtype, D, DV, decay_grad=needs[3]))
+        wrap = launch_wrap(q.device)
         with device_guard(q.device):
-            grads, used = _launch(lambda c: module.launch_backward(q, k, v, out, den, dout, decay_log, c, needs),
+            grads, used = _launch(lambda c: module.launch_backward(q, k, v, out, den, dout, decay_log, c, needs,
+                                                                   wrap=wrap),
                                   start, call.backward_config is not None, f"variant '{self.ir.name}' backward")
         if call.backward_config is None:
             self._fitted[cls] = used

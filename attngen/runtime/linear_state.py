@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 import triton
 
+from .fast_launch import launch_wrap
+
 
 class LinearState(NamedTuple):
     """A linear-attention state after some tokens: ``kv`` (B, Hq, D, Dv) float32 and, for
@@ -93,7 +95,8 @@ def prefill_impl(attn, q, k, v, decay_log, initial: LinearState | None, config=N
     config = config or attn.config_for(q.device, q.dtype, D, DV)
     while True:  # step down while the GPU refuses the config, as the forward does
         try:
-            module.launch_forward(q, k, v, out, den, decay_log, config, (final.kv, final.k_sum), initial_args)
+            module.launch_forward(q, k, v, out, den, decay_log, config, (final.kv, final.k_sum), initial_args,
+                                  wrap=launch_wrap(q.device))
             break
         except triton.runtime.errors.OutOfResources:
             config = config.smaller()
@@ -119,7 +122,7 @@ def step_impl(attn, q, k, v, decay_log, state: LinearState) -> torch.Tensor:
     out = torch.empty((B, HQ, T, DV), dtype=q.dtype, device=q.device)
     norm_out = torch.empty_like(state.k_sum) if state.k_sum is not None else None
     attn.module(q.device).launch_step(q, k, v, out, state.kv, state.k_sum, norm_out, decay_log,
-                                      step_block_v(q.device, B * HQ, DV))
+                                      step_block_v(q.device, B * HQ, DV), wrap=launch_wrap(q.device))
     if norm_out is not None:
         state.k_sum.copy_(norm_out)
     return out
