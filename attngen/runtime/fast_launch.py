@@ -101,7 +101,11 @@ class FastLaunch:
             values.append(kwargs[p.name] if p.name in kwargs else p._param.default)
         for i in tensors:
             values[i] = None
-        self.entries[self._key(args, kwargs)] = (compiled, values, tensors)
+        try:
+            key = self._key(args, kwargs)
+        except TypeError:  # an argument that cannot be a key (unhashable): such calls take Triton's path
+            return
+        self.entries[key] = (compiled, values, tensors)
 
 
 _LAUNCHERS: dict[int, FastLaunch] = {}
