@@ -23,7 +23,8 @@
 #                                                       compare.py's dense and causal rows (its Gluon column)
 #   bash benchmarks/gpu_session.sh pending              what landed without a GPU run, in one call of under ten
 #                                                       minutes (each step time-boxed): the Inductor-launched graph
-#                                                       calls' tests, training_overhead.py --profile, the Gluon
+#                                                       calls' and the launch cache's tests, training_overhead.py
+#                                                       --profile, the Gluon
 #                                                       kernel tests, the tensors over 2**31 elements -> gpu_tests/
 #   bash benchmarks/gpu_session.sh serving [ARGS]       the decoding and paged-cache tests on CUDA, then
 #                                                       bench_serving.py (decoding against Flex and SDPA)
@@ -121,7 +122,9 @@ case "$stage" in
   pending)
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
     step() { local limit=$1; shift; echo "== $* (at most ${limit}s)" | tee -a "$log"; timeout "$limit" "$@" 2>&1 | tee -a "$log"; }
-    step 120 env ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests/test_inductor_launch.py
+    # test_fast_launch.py compares the launch cache with Triton 3.6's own launches (CPU check, this Triton)
+    step 120 env ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider $workers tests/test_inductor_launch.py \
+      tests/test_fast_launch.py
     step 120 env ATTNGEN_GRAPH_LAUNCH=inductor ATTNGEN_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider \
       $workers tests/test_graphs.py tests/test_nn.py
     step 90 python3 benchmarks/training_overhead.py --profile
