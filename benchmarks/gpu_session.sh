@@ -24,8 +24,8 @@
 #   bash benchmarks/gpu_session.sh pending              what landed without a GPU run, in one call of under ten
 #                                                       minutes (each step time-boxed): the Inductor-launched graph
 #                                                       calls' and the launch cache's tests, training_overhead.py
-#                                                       --profile, the Gluon
-#                                                       kernel tests, the tensors over 2**31 elements -> gpu_tests/
+#                                                       --profile, the Gluon kernel tests, the tensors over 2**31
+#                                                       elements -> gpu_tests/
 #   bash benchmarks/gpu_session.sh serving [ARGS]       the decoding and paged-cache tests on CUDA, then
 #                                                       bench_serving.py (decoding against Flex and SDPA)
 # Each run also writes FAMILY.log: the environment (date, GPU, driver, versions, commit), then
