@@ -135,6 +135,7 @@ def overhead_markdown(overhead: dict[str, Any]) -> list[str]:
     if "error" in overhead:
         return lines + [f"Not measured: {overhead['error']}", ""]
     rows = [("bare Triton launch (the generated module's launch_forward)", "bare_launch_us", None),
+            ("the same through attngen's launch cache", "cached_launch_us", None),
             ("eager attngen call", "eager_call_us", None),
             ("compiled graph: one Inductor Triton kernel", "graph_triton_us", None)]
     for launch in ("op", "inductor"):  # ATTNGEN_GRAPH_LAUNCH

@@ -6,7 +6,8 @@ time is a few microseconds, back to back ``iters`` times and divides the host wa
 ``iters``: the GPU keeps up, so the figure is the host's cost per call.
 
 - bare launch: the generated module's ``launch_forward`` with the config attngen chose (the
-  Triton ``kernel[grid](...)`` call plus the few lines that compute its grid);
+  Triton ``kernel[grid](...)`` call plus the few lines that compute its grid); and the same
+  through the launch cache (attngen/runtime/fast_launch.py) that eager calls take;
 - eager call: ``attn(q, k, v)``;
 - graph, attngen: ``torch.compile(fullgraph=True)`` of a function making that one call, once
   per ATTNGEN_GRAPH_LAUNCH: "op" (the graph runs the ``attngen::attention`` custom op) and
@@ -32,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 import attngen as ag
+from attngen.runtime.fast_launch import fast
 from bench_common import graph_launch
 
 SHAPE = (1, 1, 128, 64)
@@ -54,8 +56,11 @@ def host_us_per_call(fn: Callable[[], object], iters: int) -> float:
     return (time.perf_counter() - start) / iters * 1e6
 
 
-def bare_launch(attn: ag.CompiledAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], None]:
-    """The forward kernel's launch with everything the runtime computes per call done once."""
+def bare_launch(attn: ag.CompiledAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                wrap: Callable | None = None) -> Callable[[], None]:
+    """The forward kernel's launch with everything the runtime computes per call done once;
+    ``wrap``: None for Triton's own launch, attngen/runtime/fast_launch.py's ``fast`` for the
+    launch cache that eager calls take."""
     with torch.no_grad():
         attn(q, k, v)  # picks the config
     p, sm_scale, bound, axes = attn.prepare(q, k, v)
@@ -63,7 +68,7 @@ def bare_launch(attn: ag.CompiledAttention, q: torch.Tensor, k: torch.Tensor, v:
     tiles = attn.tile_lists(p, bound, config, axes)
     module = attn.module(q.device)
     out = torch.empty_like(q)
-    return lambda: module.launch_forward(q, k, v, out, None, sm_scale, bound, tiles, config)
+    return lambda: module.launch_forward(q, k, v, out, None, sm_scale, bound, tiles, config, wrap=wrap)
 
 
 def measure(device: torch.device, iters: int = 2000) -> dict[str, Any]:
@@ -73,6 +78,7 @@ def measure(device: torch.device, iters: int = 2000) -> dict[str, Any]:
     graph_triton = torch.compile(lambda q, k, v: q * 2.0 + k, fullgraph=True)
     with torch.no_grad():
         result["bare_launch_us"] = host_us_per_call(bare_launch(attn, q, k, v), iters)
+        result["cached_launch_us"] = host_us_per_call(bare_launch(attn, q, k, v, fast), iters)
         result["eager_call_us"] = host_us_per_call(lambda: attn(q, k, v), iters)
         result["graph_triton_us"] = host_us_per_call(lambda: graph_triton(q, k, v), iters)
     result["graph_fixed_cost_us"] = result["graph_triton_us"]  # a graph of one Inductor kernel
@@ -95,7 +101,8 @@ def measure(device: torch.device, iters: int = 2000) -> dict[str, Any]:
                      f"us of host time, {extra:.1f} us beyond the bare launch ({'met' if extra <= TARGET_US else 'NOT met'}); "
                      f"a graph of one call {found['graph_attngen_us']:.1f} us")
     result["within_target"] = any(result[launch]["within_target"] for launch in LAUNCHES)
-    result["summary"] = (f"bare Triton launch of the kernel {result['bare_launch_us']:.1f} us (target: within "
+    result["summary"] = (f"bare Triton launch of the kernel {result['bare_launch_us']:.1f} us, through the launch "
+                         f"cache {result['cached_launch_us']:.1f} us (target: within "
                          f"{TARGET_US:g} us of it), eager call {result['eager_call_us']:.1f} us, a compiled graph of "
                          f"one Inductor kernel {result['graph_triton_us']:.1f} us. " + "; ".join(lines) + ".")
     return result
@@ -127,7 +134,9 @@ def profile_paths(device: torch.device, iters: int = 500, top: int = 22) -> None
     kd, vd = (torch.randn(1, 8, 32768, 128, device=device, dtype=torch.bfloat16) for _ in range(2))
     lens = torch.full((1,), 32768, device=device, dtype=torch.int32)
     with torch.no_grad():
-        for label, fn in (("bare launch", bare_launch(attn, q, k, v)), ("eager call", lambda: attn(q, k, v)),
+        for label, fn in (("bare launch", bare_launch(attn, q, k, v)),
+                          ("bare launch through the launch cache", bare_launch(attn, q, k, v, fast)),
+                          ("eager call", lambda: attn(q, k, v)),
                           ("compiled graph", lambda: graph_attngen(q, k, v)),
                           ("decode B=1 Lkv=32K", lambda: attn.decode(qd, kd, vd, lens, check=False))):
             print(f"{label}: {host_us_per_call(fn, 300):.1f} us per call", flush=True)
