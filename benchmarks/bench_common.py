@@ -40,19 +40,24 @@ def raise_dynamo_limits() -> None:
 
 
 @contextlib.contextmanager
-def graph_launch(mode: str):
-    """ATTNGEN_GRAPH_LAUNCH=``mode`` ("op" or "inductor": runtime/graph_launch.py) while
-    graphs are traced inside; the variable is read when a call is traced, so a graph keeps
-    the launch it was traced with until ``torch._dynamo.reset()``."""
-    before = os.environ.get("ATTNGEN_GRAPH_LAUNCH")
-    os.environ["ATTNGEN_GRAPH_LAUNCH"] = mode
+def environment(name: str, value: str):
+    """The environment variable ``name`` set to ``value`` inside, restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("ATTNGEN_GRAPH_LAUNCH", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["ATTNGEN_GRAPH_LAUNCH"] = before
+            os.environ[name] = before
+
+
+def graph_launch(mode: str):
+    """ATTNGEN_GRAPH_LAUNCH=``mode`` ("op" or "inductor": runtime/graph_launch.py) while
+    graphs are traced inside; the variable is read when a call is traced, so a graph keeps
+    the launch it was traced with until ``torch._dynamo.reset()``."""
+    return environment("ATTNGEN_GRAPH_LAUNCH", mode)
 
 
 def compiled_flex() -> Callable:

@@ -30,10 +30,9 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,7 @@ import triton.testing
 import attngen as ag
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import sdpa_fn  # noqa: E402
+from bench_common import environment, sdpa_fn  # noqa: E402
 from report import (  # benchmarks/ is a folder of scripts: report.py sits beside this one
     BACKENDS, CASES, MAX_REL_ERR, BackendError, Case, CaseResult, Fn, Inputs, Measurement, SweepPoint, SweepResult,
     Tensor, attention_flops, config_label, full_markdown, is_correct, markdown_header, markdown_table, min_bytes,
@@ -176,18 +175,9 @@ BUILDERS: dict[str, Callable[..., Fn]] = {
 }
 
 
-@contextmanager
-def poisoned_attngen_outputs() -> Iterator[None]:
+def poisoned_attngen_outputs():
     """Have attngen fill its outputs with NaN before launch, so unwritten elements show."""
-    old = os.environ.get("ATTNGEN_POISON_OUTPUTS")
-    os.environ["ATTNGEN_POISON_OUTPUTS"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ATTNGEN_POISON_OUTPUTS", None)
-        else:
-            os.environ["ATTNGEN_POISON_OUTPUTS"] = old
+    return environment("ATTNGEN_POISON_OUTPUTS", "1")
 
 
 def first_call(fn: Fn) -> Tensor:

@@ -70,18 +70,16 @@ def decode_impl(attn, q: Tensor, k_cache: Tensor, v_cache: Tensor, seq_lens: Opt
     softmax = attn.ir.algorithm == ONLINE_SOFTMAX
     out = torch.empty((p.B, p.HQ, p.Lq, p.DV), dtype=p.dtype, device=p.device)
     lse = torch.empty((p.B, p.HQ, p.Lq), dtype=torch.float32, device=p.device) if return_lse else None
-    part = part_lse = counters = None
+    part = part_lse = None
     if config.num_splits > 1:
         # fp32 scratch for the splits' partial outputs (and log-sum-exps), merged into out by
-        # the split of each row tile that finishes last, which a zeroed counter per tile finds
+        # the split of each row tile that finishes last
         part = torch.empty((p.B, p.HQ, p.Lq, config.num_splits, p.DV), dtype=torch.float32, device=p.device)
         part_lse = torch.empty(part.shape[:4], dtype=torch.float32, device=p.device) if softmax else None
-        row_tiles = -(-(p.HQ // p.HKV * p.Lq) // config.block_m)
-        counters = torch.zeros(p.B * p.HKV * row_tiles, dtype=torch.int32, device=p.device)
     attn.poison(out, lse, part, part_lse)
     with device_guard(p.device):
-        attn.module(p.device).launch_decode(q, k_cache, v_cache, out, lse, part, part_lse, counters, seq_lens,
-                                            block_table, sm_scale, bound, config, wrap=launch_wrap(p.device))
+        attn.module(p.device).launch_decode(q, k_cache, v_cache, out, lse, part, part_lse, seq_lens, block_table,
+                                            sm_scale, bound, config, wrap=launch_wrap(p.device))
     return out, lse
 
 
